@@ -1,0 +1,3 @@
+"""Coffre: a territorial medical-imaging archive."""
+
+__version__ = "0.1.0"

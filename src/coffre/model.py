@@ -1,0 +1,117 @@
+"""Plain domain values shared by every layer. No IO, no framework types."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class Permission(enum.StrEnum):
+    """What a DICOM node may do with the archive."""
+
+    STORE = "store"
+    QUERY = "query"
+    RETRIEVE = "retrieve"
+    MOVE_DESTINATION = "move-destination"
+
+
+@dataclass(frozen=True, slots=True)
+class Facility:
+    """A member site of the territory (a tenant)."""
+
+    id: int
+    slug: str
+    name: str
+    issuer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A DICOM application entity of a facility (modality, PACS, workstation)."""
+
+    id: int
+    ae_title: str
+    host: str
+    port: int
+    facility_id: int
+    permissions: frozenset[Permission]
+    description: str = ""
+
+    def may(self, permission: Permission) -> bool:
+        return permission in self.permissions
+
+
+class ActorKind(enum.StrEnum):
+    NODE = "node"
+    USER = "user"
+    SYSTEM = "system"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who is asking. Built once per request or association by the adapter."""
+
+    kind: ActorKind
+    name: str
+    #: the facility the actor acts for (a node's facility; an importer's target)
+    facility: Facility | None
+    address: str = ""
+    node: Node | None = None
+
+    @property
+    def facility_id(self) -> int | None:
+        return self.facility.id if self.facility else None
+
+    @staticmethod
+    def system(name: str = "coffre", facility: Facility | None = None) -> Actor:
+        return Actor(kind=ActorKind.SYSTEM, name=name, facility=facility)
+
+    @staticmethod
+    def for_node(node: Node, facility: Facility, address: str) -> Actor:
+        return Actor(
+            kind=ActorKind.NODE,
+            name=node.ae_title,
+            facility=facility,
+            address=address,
+            node=node,
+        )
+
+    def describe(self) -> str:
+        """A short, patient-free label for logs and audit."""
+        where = f"@{self.address}" if self.address else ""
+        return f"{self.kind.value}:{self.name}{where}"
+
+
+class IngestStatus(enum.StrEnum):
+    STORED = "stored"
+    #: identical bytes were already archived: idempotent success, no second blob
+    DUPLICATE = "duplicate"
+    #: same SOP Instance UID, different content: a new version became current
+    NEW_VERSION = "new-version"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    status: IngestStatus
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sha256: str
+    size: int
+    instance_id: int
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Two different objects received under one (facility, SOP Instance UID)."""
+
+    id: int
+    facility_slug: str
+    sop_instance_uid: str
+    previous_sha256: str
+    new_sha256: str
+    detected_at: datetime
+    source: str

@@ -1,0 +1,268 @@
+"""Settings: one TOML file plus environment overrides, parsed into one frozen object.
+
+The file is ``coffre.toml`` in the data folder (``coffre init --data DIR`` writes a
+commented default). Any key may be overridden by an environment variable named
+``COFFRE_<SECTION>_<KEY>`` in upper case, e.g. ``COFFRE_DICOM_PORT=11112``.
+
+This module never reads the environment itself: the CLI passes ``os.environ`` in.
+Every key is documented in ``docs/configuration.md``; ``DEFAULT_TOML`` below is what
+``coffre init`` writes and is the reference for the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coffre.errors import ConfigurationError
+
+SETTINGS_FILE = "coffre.toml"
+ENV_PREFIX = "COFFRE_"
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveSettings:
+    #: Called AE title of the archive; associations to another title are rejected.
+    ae_title: str = "COFFRE"
+
+
+@dataclass(frozen=True, slots=True)
+class DicomSettings:
+    host: str = "127.0.0.1"
+    port: int = 11112
+    #: Maximum PDU length we accept (PS3.8 9.3.1); 0 means unlimited (not advised).
+    max_pdu: int = 262_144
+    max_associations: int = 32
+    #: Seconds without traffic before an association is aborted.
+    network_timeout: float = 60.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    #: Refuse associations whose peer address does not resolve from the node's host.
+    verify_peer_host: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8042
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSettings:
+    #: SQLAlchemy URL; empty means SQLite at ``DATA/index.sqlite3``.
+    url: str = ""
+    #: SQLite busy timeout in milliseconds.
+    sqlite_busy_timeout_ms: int = 30_000
+    pool_size: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    #: ``filesystem`` is the only persistent backend of this version.
+    backend: str = "filesystem"
+    #: Folder for the filesystem backend; empty means ``DATA/blobs``.
+    path: str = ""
+    #: fsync every blob and its folder before acknowledging (never turn off in production).
+    fsync: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    #: Largest encoded object accepted, bytes (C-STORE dataset, imported file).
+    max_object_bytes: int = 2 * 1024**3
+    #: Largest inflated size of a deflated transfer syntax dataset, bytes.
+    max_inflated_bytes: int = 256 * 1024**2
+    #: Deepest sequence nesting accepted.
+    max_sequence_depth: int = 12
+    #: Largest single non-pixel element value, bytes.
+    max_element_bytes: int = 64 * 1024**2
+    #: Elements larger than this are left out of the stored DICOM JSON (bulk data).
+    bulk_data_threshold: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    dicom: DicomSettings = field(default_factory=DicomSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+
+    @property
+    def index_url(self) -> str:
+        if self.index.url:
+            return self.index.url
+        return f"sqlite:///{self.data_dir / 'index.sqlite3'}"
+
+    @property
+    def blob_path(self) -> Path:
+        return Path(self.storage.path) if self.storage.path else self.data_dir / "blobs"
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "archive": ArchiveSettings,
+    "dicom": DicomSettings,
+    "http": HttpSettings,
+    "index": IndexSettings,
+    "storage": StorageSettings,
+    "limits": LimitsSettings,
+}
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _coerce(section: str, key: str, raw: Any, target: Any) -> Any:
+    where = f"[{section}] {key}"
+    if target is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in _TRUE | _FALSE:
+            return raw.lower() in _TRUE
+        raise ConfigurationError(f"{where} must be true or false")
+    if target is int:
+        if isinstance(raw, bool | float):
+            raise ConfigurationError(f"{where} must be an integer")
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"{where} must be an integer") from None
+    if target is float:
+        if isinstance(raw, bool):
+            raise ConfigurationError(f"{where} must be a number")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"{where} must be a number") from None
+        if not math.isfinite(value):
+            raise ConfigurationError(f"{where} must be a finite number")
+        return value
+    if not isinstance(raw, str):
+        raise ConfigurationError(f"{where} must be a string")
+    return raw
+
+
+def _build_section(section: str, values: Mapping[str, Any]) -> Any:
+    cls = _SECTIONS[section]
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key not in types:
+            raise ConfigurationError(f"unknown setting [{section}] {key}")
+        target = {"bool": bool, "int": int, "float": float, "str": str}[str(types[key])]
+        kwargs[key] = _coerce(section, key, raw, target)
+    obj = cls(**kwargs)
+    _validate(section, obj)
+    return obj
+
+
+def _validate(section: str, obj: Any) -> None:
+    if section == "archive":
+        title = obj.ae_title
+        printable = all(0x20 <= ord(c) < 0x7F for c in title)
+        if not 0 < len(title) <= 16 or not printable or "\\" in title or title != title.strip():
+            raise ConfigurationError("[archive] ae_title must be 1-16 printable ASCII characters (PS3.5 6.2)")
+    if section in {"dicom", "http"} and not 0 <= obj.port <= 65535:
+        raise ConfigurationError(f"[{section}] port must be 0-65535")
+    if section == "dicom" and min(obj.network_timeout, obj.acse_timeout, obj.dimse_timeout, obj.max_pdu) < 0:
+        raise ConfigurationError("[dicom] timeouts and max_pdu must not be negative")
+    if section == "storage" and obj.backend != "filesystem":
+        raise ConfigurationError("[storage] backend must be 'filesystem'")
+    if section == "limits":
+        for f in dataclasses.fields(obj):
+            if getattr(obj, f.name) <= 0:
+                raise ConfigurationError(f"[limits] {f.name} must be positive")
+
+
+def load_settings(data_dir: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read ``DATA/coffre.toml`` (if present) and apply ``COFFRE_*`` overrides."""
+    data_dir = Path(data_dir).resolve()
+    values: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    path = data_dir / SETTINGS_FILE
+    if path.exists():
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"{path}: {exc}") from None
+        for section, table in document.items():
+            if section not in _SECTIONS or not isinstance(table, dict):
+                raise ConfigurationError(f"{path}: unknown section [{section}]")
+            values[section].update(table)
+    for name, raw in (environ or {}).items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        for section in _SECTIONS:
+            if rest.startswith(section + "_"):
+                values[section][rest[len(section) + 1 :]] = raw
+                break
+        else:
+            raise ConfigurationError(f"environment variable {name}: unknown settings section")
+    sections = {name: _build_section(name, table) for name, table in values.items()}
+    return Settings(data_dir=data_dir, **sections)
+
+
+DEFAULT_TOML = """\
+# Coffre settings. Every key is optional; the values below are the defaults.
+# Any key can be overridden by an environment variable COFFRE_<SECTION>_<KEY>,
+# for example COFFRE_DICOM_PORT=104. See docs/configuration.md.
+
+[archive]
+# Called AE title of the archive (PS3.5 6.2, 1-16 characters). Associations
+# addressed to another title are rejected (reason 7, called AE title not recognised).
+ae_title = "COFFRE"
+
+[dicom]
+# DIMSE listener (C-ECHO, C-STORE).
+host = "127.0.0.1"
+port = 11112
+# Maximum PDU length the archive receives, in bytes (PS3.8 9.3.1).
+max_pdu = 262144
+max_associations = 32
+# Seconds: idle network, association negotiation, DIMSE message.
+network_timeout = 60.0
+acse_timeout = 30.0
+dimse_timeout = 60.0
+# Refuse an association whose peer address is not the registered node's host.
+verify_peer_host = true
+
+[http]
+# HTTP server (health check now; DICOMweb later).
+host = "127.0.0.1"
+port = 8042
+
+[index]
+# SQLAlchemy URL. Empty: SQLite in DATA/index.sqlite3.
+# PostgreSQL: "postgresql+psycopg://user:password@host:5432/coffre"
+url = ""
+sqlite_busy_timeout_ms = 30000
+pool_size = 10
+
+[storage]
+# Blob store backend: "filesystem".
+backend = "filesystem"
+# Folder of the filesystem backend. Empty: DATA/blobs.
+path = ""
+# fsync each blob and its folder before acknowledging. Never disable in production.
+fsync = true
+
+[limits]
+# Largest object accepted (C-STORE dataset or imported file), bytes.
+max_object_bytes = 2147483648
+# Largest inflated size of a Deflated Explicit VR Little Endian dataset, bytes.
+max_inflated_bytes = 268435456
+# Deepest nesting of sequences.
+max_sequence_depth = 12
+# Largest single element value other than pixel data, bytes.
+max_element_bytes = 67108864
+# Elements longer than this are kept out of the stored DICOM JSON (served as bulk data).
+bulk_data_threshold = 4096
+"""

@@ -1,0 +1,247 @@
+"""The index schema in SQLAlchemy Core.
+
+The columns of ``patient``, ``study``, ``series`` and ``instance`` that hold DICOM
+attributes come from ``dicom.attributes.INDEXED_ATTRIBUTES``; the rest is archive
+bookkeeping. Every DICOM row carries ``facility_id`` (DESIGN rule 1); patients are
+unique by (facility, issuer, PatientID), studies/series/instances by facility and UID.
+
+Alembic migrations under ``index/migrations`` create exactly this schema; the test
+``tests/index/test_migrations.py`` compares both so that they cannot drift.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+
+from coffre.dicom.attributes import IndexedAttribute, Kind, Level, at_level
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+# Large text columns; Text maps to TEXT on both SQLite and PostgreSQL.
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An instant: timezone-aware in, timezone-aware UTC out, on both backends.
+
+    PostgreSQL stores ``TIMESTAMP WITH TIME ZONE``; SQLite has no time zones and
+    SQLAlchemy's ``DateTime`` would silently drop the offset (12:00+02:00 stored as
+    12:00) and read naive values back. Here SQLite stores naive UTC text, read back as
+    aware UTC, so both backends return equal values. Naive datetimes are refused.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"an aware datetime is required, not {value!r}")
+        utc: datetime = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _attribute_columns(level: Level, skip: frozenset[str] = frozenset()) -> list[Column[object]]:
+    columns: list[Column[object]] = []
+    for attr in at_level(level):
+        if attr.keyword in skip:
+            continue
+        columns.extend(_columns_for(attr))
+    return columns
+
+
+def _columns_for(attr: IndexedAttribute) -> list[Column[object]]:
+    if attr.kind is Kind.INT:
+        return [Column(attr.column, BigInteger, nullable=True)]
+    cols: list[Column[object]] = [Column(attr.column, String(attr.length), nullable=False, server_default="")]
+    if attr.kind is Kind.PN:
+        cols.append(Column(f"{attr.column}_norm", String(attr.length), nullable=False, server_default=""))
+    return cols
+
+
+facility = Table(
+    "facility",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("slug", String(32), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    Column("issuer", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+node = Table(
+    "node",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("ae_title", String(16), nullable=False, unique=True),
+    Column("host", String(255), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("facility_id", _ID, ForeignKey("facility.id"), nullable=False, index=True),
+    # comma-separated values of model.Permission, sorted
+    Column("permissions", String(100), nullable=False),
+    Column("description", String(200), nullable=False, server_default=""),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+patient = Table(
+    "patient",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("facility_id", _ID, ForeignKey("facility.id"), nullable=False),
+    *_attribute_columns(Level.PATIENT),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("facility_id", "issuer", "patient_id"),
+    Index(None, "facility_id", "patient_name_norm"),
+)
+
+study = Table(
+    "study",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("facility_id", _ID, ForeignKey("facility.id"), nullable=False),
+    Column("patient_pk", _ID, ForeignKey("patient.id"), nullable=False, index=True),
+    *_attribute_columns(Level.STUDY),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("facility_id", "study_instance_uid"),
+    Index(None, "facility_id", "study_date"),
+    Index(None, "facility_id", "accession_number"),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("facility_id", _ID, ForeignKey("facility.id"), nullable=False),
+    Column("study_pk", _ID, ForeignKey("study.id"), nullable=False, index=True),
+    *_attribute_columns(Level.SERIES),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("facility_id", "series_instance_uid"),
+    Index(None, "facility_id", "modality"),
+)
+
+instance = Table(
+    "instance",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("facility_id", _ID, ForeignKey("facility.id"), nullable=False),
+    Column("series_pk", _ID, ForeignKey("series.id"), nullable=False, index=True),
+    *_attribute_columns(Level.IMAGE),
+    # the current version: its blob and what metadata reads need (DESIGN rule 6)
+    Column("file_pk", _ID, nullable=False),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("blob_key", String(128), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    # PS3.18 F.2 DICOM JSON of the dataset without bulk data, UTF-8
+    Column("dicom_json", Text, nullable=False),
+    # JSON list of [offset, length] of each frame in the blob (stored transfer syntax)
+    Column("frame_offsets", Text, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("facility_id", "sop_instance_uid"),
+)
+
+instance_file = Table(
+    "instance_file",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("facility_id", _ID, ForeignKey("facility.id"), nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("instance_pk", _ID, ForeignKey("instance.id"), nullable=True, index=True),
+    Column("blob_key", String(128), nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    # pending -> stored -> superseded (two-phase ingest, DESIGN rule 4)
+    Column("status", String(16), nullable=False),
+    Column("source", String(100), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("stored_at", UtcDateTime(), nullable=True),
+    Index(None, "facility_id", "sop_instance_uid", "sha256"),
+    Index(None, "status", "received_at"),
+)
+
+instance_conflict = Table(
+    "instance_conflict",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("facility_id", _ID, ForeignKey("facility.id"), nullable=False, index=True),
+    Column("instance_pk", _ID, ForeignKey("instance.id"), nullable=False),
+    Column("previous_file_pk", _ID, ForeignKey("instance_file.id"), nullable=False),
+    Column("new_file_pk", _ID, ForeignKey("instance_file.id"), nullable=False),
+    Column("source", String(100), nullable=False),
+    Column("detected_at", UtcDateTime(), nullable=False),
+)
+
+change = Table(
+    "change",
+    metadata,
+    Column("seq", _ID, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("facility_id", _ID, ForeignKey("facility.id"), nullable=False),
+    # new-instance, new-version, new-series, new-study, new-patient
+    Column("change_type", String(32), nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("resource_pk", _ID, nullable=False),
+)
+
+audit_event = Table(
+    "audit_event",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("action", String(48), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("actor_kind", String(16), nullable=False),
+    Column("actor_name", String(100), nullable=False),
+    Column("actor_address", String(100), nullable=False, server_default=""),
+    Column("facility_id", _ID, nullable=True),
+    Column("object_type", String(32), nullable=False, server_default=""),
+    Column("object_id", String(128), nullable=False, server_default=""),
+    # JSON object; no patient demographics, only identifiers of archive objects
+    Column("detail", Text, nullable=False, server_default="{}"),
+    Index(None, "at"),
+    Index(None, "facility_id", "at"),
+)
+
+# A tiny key/value table for archive-wide state (e.g. the demo marker).
+archive_state = Table(
+    "archive_state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+)

@@ -1,0 +1,376 @@
+"""The ``coffre`` command line (Typer + Rich).
+
+This adapter is the only place that reads the process environment: it passes
+``os.environ`` to ``load_settings``. Commands act as the system actor (the operator
+of the archive) and every change they make is audited by the services.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from coffre import __version__
+from coffre.app import Context, build_context
+from coffre.errors import CoffreError
+from coffre.model import Actor, Permission
+from coffre.settings import DEFAULT_TOML, SETTINGS_FILE, Settings, load_settings
+
+
+# Tracebacks never show local variables: they may hold patient data.
+def _typer(help_text: str) -> typer.Typer:
+    return typer.Typer(
+        help=help_text, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False
+    )
+
+
+app = _typer("Coffre territorial imaging archive.")
+facility_app = _typer("Facilities (member sites) of the territory.")
+node_app = _typer("DICOM nodes (AE titles) of the facilities.")
+app.add_typer(facility_app, name="facility")
+app.add_typer(node_app, name="node")
+
+out = Console()
+err = Console(stderr=True)
+
+DataOption = Annotated[Path, typer.Option("--data", "-d", help="The archive's data folder.")]
+OPERATOR = Actor.system("cli")
+
+
+def _settings(data: Path) -> Settings:
+    return load_settings(data, os.environ)
+
+
+@contextmanager
+def _context(data: Path) -> Iterator[Context]:
+    try:
+        ctx = build_context(_settings(data))
+    except CoffreError as exc:
+        err.print(f"[red]error:[/red] {exc.reason}")
+        raise typer.Exit(2) from None
+    try:
+        yield ctx
+    except CoffreError as exc:
+        err.print(f"[red]error:[/red] {exc.reason}")
+        raise typer.Exit(1) from None
+    finally:
+        ctx.close()
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    with Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err, transient=False,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # The DICOM libraries quote element values (patient data) in their messages.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    logging.getLogger("pynetdicom").setLevel(logging.ERROR)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+@app.command()
+def init(data: DataOption, force: Annotated[bool, typer.Option(help="Overwrite an existing settings file.")] = False) -> None:
+    """Create the data folder with a commented default settings file."""
+    data.mkdir(parents=True, exist_ok=True)
+    target = data / SETTINGS_FILE
+    if target.exists() and not force:
+        err.print(f"{target} exists; use --force to overwrite")
+        raise typer.Exit(1)
+    target.write_text(DEFAULT_TOML, encoding="utf-8")
+    with _context(data):
+        pass
+    out.print(f"initialised {data} (settings: {target})")
+
+
+@app.command()
+def demo(data: DataOption) -> None:
+    """Load the demo territory (facilities, nodes, synthetic patients); idempotent."""
+    from coffre.services.demo import load_demo
+
+    _ensure_settings(data)
+    with _context(data) as ctx, _progress("demo") as progress:
+        summary = load_demo(ctx, progress=progress)
+    if summary.loaded:
+        out.print(f"demo territory loaded: {summary.facilities} facilities, {summary.instances} instances")
+    else:
+        out.print("demo territory already loaded")
+
+
+def _ensure_settings(data: Path) -> None:
+    data.mkdir(parents=True, exist_ok=True)
+    target = data / SETTINGS_FILE
+    if not target.exists():
+        target.write_text(DEFAULT_TOML, encoding="utf-8")
+
+
+@app.command()
+def serve(
+    data: DataOption,
+    load_demo_territory: Annotated[bool, typer.Option("--demo", help="Load the demo territory first (once).")] = False,
+) -> None:
+    """Run the DIMSE listener and the HTTP server in one process until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from coffre.net.dimse import DimseServer
+    from coffre.services.demo import load_demo
+    from coffre.web.http import create_app
+
+    _ensure_settings(data)
+    with _context(data) as ctx:
+        if load_demo_territory:
+            with _progress("demo") as progress:
+                load_demo(ctx, progress=progress)
+        s = ctx.settings
+        dimse = DimseServer(ctx)
+        dicom_host, dicom_port = dimse.start()
+        http_socket = socket.create_server((s.http.host, s.http.port), reuse_port=False)
+        http_port = http_socket.getsockname()[1]
+        config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False, lifespan="off")
+        server = uvicorn.Server(config)
+        stop = threading.Event()
+
+        def _stop(_signum: int, _frame: Any) -> None:
+            stop.set()
+            server.should_exit = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        out.print(
+            f"Coffre {__version__} ready: DICOM {s.archive.ae_title}@{dicom_host}:{dicom_port}, "
+            f"HTTP http://{s.http.host}:{http_port}/healthz, data {s.data_dir}",
+            soft_wrap=True,
+        )
+        sys.stdout.flush()
+        try:
+            server.run(sockets=[http_socket])
+        finally:
+            dimse.stop()
+    out.print("Coffre stopped")
+
+
+@app.command("import")
+def import_(
+    data: DataOption,
+    facility: Annotated[str, typer.Option("--facility", "-f", help="Slug of the facility the files belong to.")],
+    paths: Annotated[list[Path], typer.Argument(help="Files, folders or DICOMDIR files.")],
+) -> None:
+    """Import DICOM files through the ingest service; prints a summary."""
+    from coffre.services.facilities import get_facility
+    from coffre.services.importer import import_paths
+
+    with _context(data) as ctx:
+        fac = get_facility(ctx, facility)
+        with _progress("import") as progress:
+            summary = import_paths(ctx, Actor.system("import", facility=fac), paths, progress=progress)
+    out.print(f"stored: {summary.stored}, duplicate: {summary.duplicate}, "
+              f"new version: {summary.new_version}, rejected: {summary.rejected_total}")
+    for reason, count in sorted(summary.rejected.items()):
+        out.print(f"  rejected {count}: {reason}")
+    if summary.rejected_total:
+        raise typer.Exit(1)
+
+
+@app.command()
+def check(
+    data: DataOption,
+    verify: Annotated[bool, typer.Option(help="Verify SHA-256 and size of every blob.")] = True,
+    repair: Annotated[bool, typer.Option(help="Remove unacknowledged leftovers and orphan blobs.")] = False,
+    grace: Annotated[float, typer.Option(help="Seconds a pending ingest may still be in progress.")] = 600.0,
+) -> None:
+    """Reconcile the index and the blob store; exit 1 if anything is missing or corrupt."""
+    from coffre.services.check import check as run_check
+
+    with _context(data) as ctx, _progress("check") as progress:
+        report = run_check(ctx, OPERATOR, verify=verify, repair=repair, grace_seconds=grace, progress=progress)
+    out.print(f"files: {report.files}, verified: {report.verified}, missing: {len(report.missing)}, "
+              f"corrupt: {len(report.corrupt)}, unacknowledged leftovers: {len(report.pending)}, "
+              f"orphan blobs: {len(report.orphans)}, repaired: {report.repaired}")
+    for key in report.missing:
+        out.print(f"  missing {key}")
+    for key in report.corrupt:
+        out.print(f"  corrupt {key}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def info(data: DataOption, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Print the archive's AE title, ports, and each facility with its nodes."""
+    from coffre.index.instances import counts_by_facility
+    from coffre.services.facilities import list_facilities, list_nodes
+
+    with _context(data) as ctx:
+        s = ctx.settings
+        with ctx.db.read() as tx:
+            counts = {c.slug: c for c in counts_by_facility(tx)}
+        doc: dict[str, Any] = {
+            "version": __version__,
+            "data": str(s.data_dir),
+            "ae_title": s.archive.ae_title,
+            "dicom": {"host": s.dicom.host, "port": s.dicom.port},
+            "http": {"host": s.http.host, "port": s.http.port, "url": f"http://{s.http.host}:{s.http.port}"},
+            "index": s.index_url.split("://", 1)[0] if "@" in s.index_url else s.index_url,
+            "facilities": [],
+        }
+        for fac in list_facilities(ctx):
+            c = counts.get(fac.slug)
+            doc["facilities"].append({
+                "slug": fac.slug, "name": fac.name, "issuer": fac.issuer,
+                "patients": c.patients if c else 0, "studies": c.studies if c else 0,
+                "instances": c.instances if c else 0, "bytes": c.bytes if c else 0,
+                "nodes": [
+                    {"ae_title": n.ae_title, "host": n.host, "port": n.port,
+                     "permissions": sorted(p.value for p in n.permissions)}
+                    for n in list_nodes(ctx, fac.slug)
+                ],
+            })
+    if as_json:
+        out.print_json(json.dumps(doc))
+        return
+    out.print(f"Coffre {doc['version']}  AE {doc['ae_title']}  DICOM {s.dicom.host}:{s.dicom.port}  "
+              f"HTTP {doc['http']['url']}")
+    table = Table("facility", "name", "issuer", "studies", "instances", "nodes")
+    for f in doc["facilities"]:
+        nodes = ", ".join(f"{n['ae_title']}@{n['host']}:{n['port']}" for n in f["nodes"])
+        table.add_row(f["slug"], f["name"], f["issuer"], str(f["studies"]), str(f["instances"]), nodes)
+    out.print(table)
+
+
+@facility_app.command("add")
+def facility_add(
+    data: DataOption,
+    slug: Annotated[str, typer.Argument(help="Short key, e.g. chu-nord.")],
+    name: Annotated[str, typer.Option(help="Display name.")],
+    issuer: Annotated[str, typer.Option(help="Issuer of Patient ID (0010,0021) of this facility.")],
+) -> None:
+    """Add a facility."""
+    from coffre.services.facilities import add_facility
+
+    with _context(data) as ctx:
+        fac = add_facility(ctx, OPERATOR, slug=slug, name=name, issuer=issuer)
+    out.print(f"facility {fac.slug} added")
+
+
+@facility_app.command("list")
+def facility_list(data: DataOption) -> None:
+    """List facilities."""
+    from coffre.services.facilities import list_facilities
+
+    with _context(data) as ctx:
+        table = Table("slug", "name", "issuer")
+        for fac in list_facilities(ctx):
+            table.add_row(fac.slug, fac.name, fac.issuer)
+    out.print(table)
+
+
+def _permissions(value: str) -> frozenset[Permission]:
+    try:
+        return frozenset(Permission(p.strip()) for p in value.split(",") if p.strip())
+    except ValueError:
+        allowed = ", ".join(p.value for p in Permission)
+        raise typer.BadParameter(f"permissions are a comma-separated list of: {allowed}") from None
+
+
+@node_app.command("add")
+def node_add(
+    data: DataOption,
+    ae_title: Annotated[str, typer.Argument(help="The node's AE title.")],
+    facility: Annotated[str, typer.Option(help="Slug of the node's facility.")],
+    host: Annotated[str, typer.Option(help="Host name or address of the node.")],
+    port: Annotated[int, typer.Option(help="Port of the node's SCP (for C-MOVE destinations).")],
+    allow: Annotated[str, typer.Option(help="store,query,retrieve,move-destination")] = "store",
+    description: Annotated[str, typer.Option(help="Free text.")] = "",
+) -> None:
+    """Register a DICOM node of a facility and what it may do."""
+    from coffre.services.facilities import add_node
+
+    perms = _permissions(allow)
+    with _context(data) as ctx:
+        node = add_node(ctx, OPERATOR, ae_title=ae_title, host=host, port=port, facility_slug=facility,
+                        permissions=perms, description=description)
+    out.print(f"node {node.ae_title} added")
+
+
+@node_app.command("list")
+def node_list(
+    data: DataOption,
+    facility: Annotated[str | None, typer.Option(help="Only this facility.")] = None,
+) -> None:
+    """List DICOM nodes."""
+    from coffre.services.facilities import list_facilities, list_nodes
+
+    with _context(data) as ctx:
+        slugs = {f.id: f.slug for f in list_facilities(ctx)}
+        table = Table("AE title", "facility", "host", "port", "may")
+        for n in list_nodes(ctx, facility):
+            table.add_row(n.ae_title, slugs[n.facility_id], n.host, str(n.port),
+                          ",".join(sorted(p.value for p in n.permissions)))
+    out.print(table)
+
+
+@node_app.command("remove")
+def node_remove(data: DataOption, ae_title: Annotated[str, typer.Argument()]) -> None:
+    """Remove a DICOM node."""
+    from coffre.services.facilities import remove_node
+
+    with _context(data) as ctx:
+        remove_node(ctx, OPERATOR, ae_title)
+    out.print(f"node {ae_title} removed")
+
+
+@app.command()
+def conflicts(
+    data: DataOption,
+    facility: Annotated[str | None, typer.Option(help="Only this facility.")] = None,
+) -> None:
+    """List SOP Instance UIDs received twice with different content."""
+    from coffre.services.conflicts import list_conflicts
+
+    with _context(data) as ctx:
+        rows = list_conflicts(ctx, facility)
+    table = Table("#", "facility", "SOP Instance UID", "previous sha256", "new sha256", "detected", "source")
+    for c in rows:
+        table.add_row(str(c.id), c.facility_slug, c.sop_instance_uid, c.previous_sha256[:12],
+                      c.new_sha256[:12], c.detected_at.isoformat(timespec="seconds"), c.source)
+    out.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,171 @@
+"""The DIMSE listener: association admission, C-ECHO and C-STORE SCP on pynetdicom.
+
+This module is the one seam where the DICOM upper layer meets the application:
+pynetdicom event handlers receive the ``Context`` as a handler argument (no globals),
+build the ``Actor`` once per association, call one service, and map its result to a
+DIMSE status (``net.statuses``).
+
+- Association admission (PS3.8 7.1.1): the calling AE title must be a registered node
+  (A-ASSOCIATE-RJ permanent, service-user, reason 3 otherwise) and the called AE title
+  the archive's (reason 7).
+- Verification Service Class (PS3.4 A) and Storage Service Class (PS3.4 B) SCP for every
+  Storage SOP Class in every accepted transfer syntax; the dataset is never decoded on
+  the store path: the encoded bytes go to the ingest service as received.
+- TCP_NODELAY on every accepted socket; one thread per association.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import weakref
+from typing import Any
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from coffre.app import Context
+from coffre.dicom.sop_classes import STORAGE_SOP_CLASSES
+from coffre.dicom.transfer_syntaxes import ACCEPTED_TRANSFER_SYNTAXES
+from coffre.errors import CoffreError
+from coffre.model import Actor
+from coffre.net.statuses import failure_status, store_success
+from coffre.services import facilities
+from coffre.services.access import Action, authorize
+from coffre.services.ingest import ingest
+
+log = logging.getLogger(__name__)
+
+#: PS3.8 9.3.4: result 1 rejected-permanent, source 1 DICOM UL service-user.
+_REJECT_PERMANENT, _SOURCE_SERVICE_USER = 0x01, 0x01
+#: PS3.4 A.4 Verification SOP Class
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+
+
+class _NoDelayServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with TCP_NODELAY on each accepted socket."""
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+class DimseServer:
+    """Owns the pynetdicom AE and its listening socket for one ``Context``."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._actors: weakref.WeakKeyDictionary[Any, Actor] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.ae = self._make_ae()
+
+    def _make_ae(self) -> Any:
+        s = self.ctx.settings
+        # pynetdicom would log every query identifier (patient data) at INFO level.
+        _config.LOG_REQUEST_IDENTIFIERS = False
+        _config.LOG_RESPONSE_IDENTIFIERS = False
+        ae = AE(ae_title=s.archive.ae_title)
+        ae.maximum_pdu_size = s.dicom.max_pdu
+        ae.maximum_associations = s.dicom.max_associations
+        ae.network_timeout = s.dicom.network_timeout
+        ae.acse_timeout = s.dicom.acse_timeout
+        ae.dimse_timeout = s.dicom.dimse_timeout
+        # Admission is ours (EVT_REQUESTED); pynetdicom's static checks are off.
+        ae.require_called_aet = False
+        ae.require_calling_aet = []
+        transfer_syntaxes = [ts.uid for ts in ACCEPTED_TRANSFER_SYNTAXES]
+        ae.add_supported_context(VERIFICATION_SOP_CLASS, [ts.uid for ts in ACCEPTED_TRANSFER_SYNTAXES if not ts.encapsulated])
+        for uid in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(uid, transfer_syntaxes)
+        return ae
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> tuple[str, int]:
+        """Bind and serve in a background thread; return the bound address."""
+        s = self.ctx.settings.dicom
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_requested, [self.ctx]),
+            (evt.EVT_C_ECHO, self._on_echo, [self.ctx]),
+            (evt.EVT_C_STORE, self._on_store, [self.ctx]),
+        ]
+        self._server = self.ae.make_server(
+            (s.host, s.port), evt_handlers=handlers, server_class=_NoDelayServer
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="coffre-dimse", daemon=True
+        )
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self.ae.shutdown()
+
+    # -- handlers --------------------------------------------------------------------
+
+    def _actor(self, event: Any) -> Actor | None:
+        with self._lock:
+            return self._actors.get(event.assoc)
+
+    def _on_requested(self, event: Any, ctx: Context) -> None:
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        address = str(assoc.requestor.address)
+        try:
+            actor = facilities.admit(
+                ctx, calling_ae=str(rq.calling_ae_title), called_ae=str(rq.called_ae_title), address=address
+            )
+        except facilities.AssociationRefused as exc:
+            log.info("association refused from %s: %s", address, exc.reason)
+            assoc.acse.send_reject(_REJECT_PERMANENT, _SOURCE_SERVICE_USER, exc.refusal.value)
+            assoc.kill()
+            return
+        except Exception:
+            log.exception("association admission failed")
+            assoc.acse.send_reject(0x02, 0x02, 0x01)  # transient, ACSE, no reason given
+            assoc.kill()
+            return
+        with self._lock:
+            self._actors[assoc] = actor
+
+    def _on_echo(self, event: Any, ctx: Context) -> int:
+        actor = self._actor(event)
+        if actor is None:
+            return 0x0124
+        try:
+            authorize(actor, Action.ECHO, None)
+        except CoffreError as exc:
+            return int(exc.dimse_status)
+        return 0x0000
+
+    def _on_store(self, event: Any, ctx: Context) -> Any:
+        actor = self._actor(event)
+        if actor is None:
+            return failure_status(0x0124, "association not admitted")
+        request = event.request
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            result = ingest(
+                ctx,
+                actor,
+                data,
+                source=f"dimse:{actor.name}",
+                expected_sop_class=str(request.AffectedSOPClassUID),
+                expected_sop_instance=str(request.AffectedSOPInstanceUID),
+            )
+        except CoffreError as exc:
+            log.info("C-STORE from %s refused: %s (0x%04X)", actor.describe(), exc.reason, exc.dimse_status)
+            return failure_status(exc.dimse_status, exc.reason)
+        except Exception:
+            log.exception("C-STORE from %s failed", actor.describe())
+            return failure_status(0xA701, "internal error; the object was not stored")
+        return store_success(result)

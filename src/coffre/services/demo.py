@@ -1,0 +1,156 @@
+"""The demo territory: three facilities, their nodes, and synthetic patients.
+
+It contains the two identity cases every territory meets:
+
+- one person (Claire MARTIN) known as ``CN100234`` at CHU Nord and as ``CS-77812`` at
+  Clinique du Sud;
+- two different people sharing PatientID ``100200``: Pierre DUBOIS at CHU Nord and
+  Sophie LEROY at Imagerie de l'Est.
+
+Studies (CT, MR, CR, DX, US) are spread over several years. Loading is idempotent:
+a marker in the index records that the demo is present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydicom.uid import generate_uid
+
+from coffre.app import Context
+from coffre.dicom.synthetic import InstanceSpec, make_instance
+from coffre.index import state
+from coffre.model import Actor, Facility, Permission
+from coffre.services import facilities
+from coffre.services.ingest import ingest
+
+DEMO_MARKER = "demo-territory"
+DEMO_VERSION = b"1"
+
+ALL = frozenset(Permission)
+MODALITY = frozenset({Permission.STORE})
+WORKSTATION = frozenset({Permission.QUERY, Permission.RETRIEVE, Permission.MOVE_DESTINATION})
+
+
+@dataclass(frozen=True, slots=True)
+class DemoFacility:
+    slug: str
+    name: str
+    issuer: str
+    #: (AE title, port, permissions, description)
+    nodes: tuple[tuple[str, int, frozenset[Permission], str], ...]
+
+
+FACILITIES: tuple[DemoFacility, ...] = (
+    DemoFacility("chu-nord", "CHU Nord", "CHU-NORD", (
+        ("CHUN_PACS", 11201, ALL, "CHU Nord PACS"),
+        ("CHUN_CT1", 11202, MODALITY, "CHU Nord CT scanner"),
+        ("CHUN_WS", 11203, WORKSTATION, "CHU Nord reading workstation"),
+    )),
+    DemoFacility("clinique-sud", "Clinique du Sud", "CLIN-SUD", (
+        ("CSUD_PACS", 11211, ALL, "Clinique du Sud PACS"),
+        ("CSUD_MR1", 11212, MODALITY, "Clinique du Sud MR scanner"),
+    )),
+    DemoFacility("imagerie-est", "Centre d'imagerie de l'Est", "IMG-EST", (
+        ("IEST_PACS", 11221, ALL, "Imagerie de l'Est PACS"),
+        ("IEST_US1", 11222, MODALITY, "Imagerie de l'Est ultrasound"),
+    )),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPatient:
+    facility: str
+    patient_id: str
+    name: str
+    birth_date: str
+    sex: str
+    #: (modality, date YYYYMMDD, description, body part, series, instances per series)
+    studies: tuple[tuple[str, str, str, str, int, int], ...]
+
+
+PATIENTS: tuple[DemoPatient, ...] = (
+    # One person, two local identities.
+    DemoPatient("chu-nord", "CN100234", "MARTIN^CLAIRE", "19680412", "F", (
+        ("CT", "20210315", "CT THORAX", "CHEST", 2, 12),
+        ("CR", "20230902", "RADIO THORAX", "CHEST", 1, 2),
+    )),
+    DemoPatient("clinique-sud", "CS-77812", "MARTIN^CLAIRE", "19680412", "F", (
+        ("MR", "20240611", "IRM GENOU DROIT", "KNEE", 2, 8),
+    )),
+    # Two people, one PatientID.
+    DemoPatient("chu-nord", "100200", "DUBOIS^PIERRE", "19550730", "M", (
+        ("CT", "20190108", "CT ABDOMEN", "ABDOMEN", 1, 10),
+        ("DX", "20250117", "RADIO BASSIN", "PELVIS", 1, 1),
+    )),
+    DemoPatient("imagerie-est", "100200", "LEROY^SOPHIE", "19901122", "F", (
+        ("US", "20220420", "ECHOGRAPHIE ABDOMINALE", "ABDOMEN", 1, 3),
+        ("MR", "20260203", "IRM CEREBRALE", "HEAD", 2, 6),
+    )),
+    DemoPatient("clinique-sud", "CS-10001", "BERNARD^LUC", "19820305", "M", (
+        ("DX", "20200612", "RADIO POIGNET", "WRIST", 1, 2),
+    )),
+    DemoPatient("imagerie-est", "IE-5521", "PETIT^EMMA", "20010918", "F", (
+        ("CT", "20241028", "CT SINUS", "HEAD", 1, 8),
+    )),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoSummary:
+    loaded: bool
+    facilities: int
+    instances: int
+
+
+def is_loaded(ctx: Context) -> bool:
+    with ctx.db.read() as tx:
+        return state.get(tx, DEMO_MARKER) is not None
+
+
+def load_demo(ctx: Context, *, progress: Callable[[int, int], None] | None = None) -> DemoSummary:
+    """Create the demo territory unless it is already there."""
+    if is_loaded(ctx):
+        return DemoSummary(loaded=False, facilities=0, instances=0)
+    operator = Actor.system("demo")
+    created: dict[str, Facility] = {}
+    for f in FACILITIES:
+        created[f.slug] = facilities.add_facility(ctx, operator, slug=f.slug, name=f.name, issuer=f.issuer)
+        for ae, port, perms, description in f.nodes:
+            facilities.add_node(ctx, operator, ae_title=ae, host="127.0.0.1", port=port,
+                                facility_slug=f.slug, permissions=perms, description=description)
+    total = sum(s[4] * s[5] for p in PATIENTS for s in p.studies)
+    done = 0
+    seed = 0
+    for patient in PATIENTS:
+        actor = Actor.system("demo", facility=created[patient.facility])
+        for accession, (modality, date, description, body, n_series, per_series) in enumerate(patient.studies, 1):
+            study_uid = generate_uid()
+            for series_number in range(1, n_series + 1):
+                series_uid = generate_uid()
+                for number in range(1, per_series + 1):
+                    seed += 1
+                    data = make_instance(_spec(patient, modality, date, description, body, study_uid,
+                                               series_uid, series_number, number, seed, accession))
+                    ingest(ctx, actor, data, source="demo")
+                    done += 1
+                    if progress:
+                        progress(done, total)
+    with ctx.db.write() as tx:
+        state.put(tx, DEMO_MARKER, DEMO_VERSION)
+    return DemoSummary(loaded=True, facilities=len(FACILITIES), instances=done)
+
+
+def _spec(p: DemoPatient, modality: str, date: str, description: str, body: str, study_uid: str,
+          series_uid: str, series_number: int, number: int, seed: int, accession: int) -> InstanceSpec:
+    size = {"CT": 128, "MR": 128, "CR": 256, "DX": 256, "US": 96}[modality]
+    return InstanceSpec(
+        modality=modality, patient_id=p.patient_id, patient_name=p.name, birth_date=p.birth_date,
+        sex=p.sex, study_uid=study_uid, series_uid=series_uid, study_date=date,
+        accession=f"{p.facility[:3].upper()}{date}{accession:02d}", study_description=description,
+        series_description=f"{description} S{series_number}", body_part=body,
+        institution=next(f.name for f in FACILITIES if f.slug == p.facility),
+        series_number=series_number, instance_number=number, rows=size, columns=size,
+        frames=2 if modality == "US" else 1, seed=seed,
+    )

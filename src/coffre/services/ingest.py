@@ -1,0 +1,158 @@
+"""Ingest: the two-phase store shared by C-STORE, STOW-RS and ``coffre import``.
+
+DESIGN rule 4, in order:
+
+1. validate the encoded object with the bounded parser (``dicom.instance``), before
+   any IO; check it matches what the transport announced (PS3.4 B.2.3 0xA900);
+2. if these exact bytes are already archived for the facility: idempotent success,
+   no second blob;
+3. reserve a ``pending`` file row (its own short transaction);
+4. write the blob (temp file, fsync, rename; fsync of the folder);
+5. in one transaction: index patient/study/series/instance, mark the file ``stored``,
+   record the audit event; commit;
+6. only then return success. On any failure after 3 the blob and the pending row are
+   removed and ``StorageFailure`` is raised: nothing half-written is left, and nothing
+   not acknowledged is kept. A crash between 3 and 5 leaves a pending row that
+   ``coffre check`` reconciles.
+
+The original bytes are archived exactly as received (DESIGN rule 7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+
+from coffre.app import Context
+from coffre.dicom.instance import ParsedInstance, parse_instance
+from coffre.errors import CoffreError, NotAuthorized, SOPClassMismatch, StorageFailure, TooLarge
+from coffre.index import instances as index
+from coffre.model import Actor, Facility, IngestResult, IngestStatus
+from coffre.services import audit
+from coffre.services.access import Action, authorize
+
+log = logging.getLogger(__name__)
+
+_STATUS = {
+    index.Outcome.NEW: IngestStatus.STORED,
+    index.Outcome.DUPLICATE: IngestStatus.DUPLICATE,
+    index.Outcome.NEW_VERSION: IngestStatus.NEW_VERSION,
+}
+
+
+def new_blob_key(facility: Facility) -> str:
+    """An opaque key prefixed by the facility (DESIGN rule 1); never derived from UIDs."""
+    return f"{facility.slug}/{secrets.token_hex(16)}"
+
+
+def ingest(
+    ctx: Context,
+    actor: Actor,
+    data: bytes,
+    *,
+    source: str,
+    expected_sop_class: str | None = None,
+    expected_sop_instance: str | None = None,
+) -> IngestResult:
+    """Validate, durably archive and index one Part 10 object for the actor's facility."""
+    facility = actor.facility
+    if facility is None:
+        raise NotAuthorized("the caller is not bound to a facility")
+    try:
+        authorize(actor, Action.STORE, facility.id)
+        parsed = _validate(ctx, data, expected_sop_class, expected_sop_instance)
+    except CoffreError as exc:
+        _audit_refusal(ctx, actor, facility, exc, source)
+        raise
+    sha256 = hashlib.sha256(data).hexdigest()
+
+    with ctx.db.read() as tx:
+        existing = index.find_stored_copy(tx, facility.id, parsed.sop_instance_uid, sha256)
+    if existing is not None:
+        with ctx.db.write() as tx:
+            audit.record(ctx, tx, actor, "store", facility_id=facility.id, object_type="instance",
+                         object_id=parsed.sop_instance_uid, detail={"status": "duplicate", "source": source})
+        return _result(IngestStatus.DUPLICATE, parsed, sha256, len(data), existing)
+
+    key = new_blob_key(facility)
+    now = ctx.clock()
+    with ctx.db.write() as tx:
+        file_pk = index.reserve_file(
+            tx, facility_id=facility.id, sop_instance_uid=parsed.sop_instance_uid,
+            blob_key=key, size=len(data), sha256=sha256, source=source, now=now,
+        )
+    written = False
+    try:
+        ctx.blobs.put(key, data)
+        written = True
+        with ctx.db.write() as tx:
+            committed = index.commit_instance(
+                tx, facility_id=facility.id, default_issuer=facility.issuer, file_pk=file_pk,
+                blob_key=key, size=len(data), sha256=sha256, source=source, parsed=parsed, now=now,
+            )
+            if committed.outcome is index.Outcome.DUPLICATE:
+                # a concurrent association archived the same bytes first
+                index.discard_file(tx, file_pk)
+            audit.record(ctx, tx, actor, "store", facility_id=facility.id, object_type="instance",
+                         object_id=parsed.sop_instance_uid,
+                         detail={"status": _STATUS[committed.outcome].value, "source": source,
+                                 "sha256": sha256, "size": len(data)})
+    except Exception as exc:
+        _undo(ctx, key, file_pk, written)
+        log.error("store failed for %s: %s", actor.describe(), type(exc).__name__)
+        raise StorageFailure("the object could not be durably stored; nothing was kept") from exc
+    if committed.outcome is index.Outcome.DUPLICATE:
+        ctx.blobs.delete(key)
+    return _result(_STATUS[committed.outcome], parsed, sha256, len(data), committed.instance_pk)
+
+
+def _validate(
+    ctx: Context, data: bytes, expected_sop_class: str | None, expected_sop_instance: str | None
+) -> ParsedInstance:
+    limits = ctx.settings.limits
+    if len(data) > limits.max_object_bytes:
+        raise TooLarge(f"object of {len(data)} bytes exceeds limits.max_object_bytes")
+    parsed = parse_instance(data, limits)
+    if expected_sop_class is not None and parsed.sop_class_uid != expected_sop_class:
+        raise SOPClassMismatch("SOPClassUID of the dataset differs from the affected SOP Class")
+    if expected_sop_instance is not None and parsed.sop_instance_uid != expected_sop_instance:
+        raise SOPClassMismatch("SOPInstanceUID of the dataset differs from the affected SOP Instance")
+    return parsed
+
+
+def _undo(ctx: Context, key: str, file_pk: int, written: bool) -> None:
+    """Remove what phase one and the blob write left, so nothing half-written remains."""
+    if written:
+        try:
+            ctx.blobs.delete(key)
+        except Exception:  # coffre check removes it later
+            log.exception("could not remove blob after a failed store")
+    try:
+        with ctx.db.write() as tx:
+            index.discard_file(tx, file_pk)
+    except Exception:  # coffre check removes the pending row later
+        log.exception("could not remove pending file row after a failed store")
+
+
+def _audit_refusal(ctx: Context, actor: Actor, facility: Facility, exc: CoffreError, source: str) -> None:
+    try:
+        audit.record_alone(ctx, actor, "store", outcome="refused", facility_id=facility.id,
+                           object_type="instance",
+                           detail={"reason": exc.reason, "error": type(exc).__name__, "source": source})
+    except Exception:
+        log.exception("could not audit a refused store")
+
+
+def _result(status: IngestStatus, parsed: ParsedInstance, sha256: str, size: int, pk: int) -> IngestResult:
+    return IngestResult(
+        status=status,
+        sop_instance_uid=parsed.sop_instance_uid,
+        sop_class_uid=parsed.sop_class_uid,
+        study_instance_uid=parsed.study_instance_uid,
+        series_instance_uid=parsed.series_instance_uid,
+        sha256=sha256,
+        size=size,
+        instance_id=pk,
+        warnings=parsed.warnings,
+    )

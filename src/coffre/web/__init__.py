@@ -1,0 +1,1 @@
+"""HTTP adapter: FastAPI application (health check now; DICOMweb later)."""

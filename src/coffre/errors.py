@@ -126,3 +126,16 @@ class Conflict(CoffreError):
 
     http_status = 409
     dimse_status = 0xC000
+
+
+class TranscodeError(CoffreError):
+    """The object cannot be produced in the requested transfer syntax.
+
+    An impossible pair (unknown target, video source, lossy to compressed), or a codec
+    that refuses this object's pixels. Reported as 406 Not Acceptable (PS3.18 8.7.3:
+    the requested transfer syntax cannot be provided) and, for a retrieve
+    sub-operation, as a generic failure.
+    """
+
+    http_status = 406
+    dimse_status = 0xC000

@@ -83,6 +83,10 @@ class LimitsSettings:
     max_element_bytes: int = 64 * 1024**2
     #: Elements larger than this are left out of the stored DICOM JSON (bulk data).
     bulk_data_threshold: int = 4096
+    #: Most matches one C-FIND returns; past it the query ends with status 0xA700.
+    max_query_results: int = 10_000
+    #: Largest decoded pixel data a transcoding may produce, bytes.
+    max_decoded_bytes: int = 1024**3
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,4 +269,8 @@ max_sequence_depth = 12
 max_element_bytes = 67108864
 # Elements longer than this are kept out of the stored DICOM JSON (served as bulk data).
 bulk_data_threshold = 4096
+# Most matches one C-FIND returns; past it the query ends with status 0xA700.
+max_query_results = 10000
+# Largest decoded pixel data a transcoding on retrieve may produce, bytes.
+max_decoded_bytes = 1073741824
 """

@@ -73,7 +73,7 @@ _IMPLICIT_PIXEL_VR = {
 
 #: pydicom's warning filters are process-wide: parse one object at a time while they are
 #: silenced (pydicom parsing holds the GIL anyway, so little is lost).
-_PYDICOM_LOCK = threading.Lock()
+PYDICOM_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +98,8 @@ class ParsedInstance:
 
 
 @contextmanager
-def _pydicom_guard() -> Iterator[None]:
-    with _PYDICOM_LOCK, warnings.catch_warnings():
+def pydicom_guard() -> Iterator[None]:
+    with PYDICOM_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
 
@@ -109,7 +109,7 @@ def parse_instance(data: bytes, limits: LimitsSettings) -> ParsedInstance:
     scan = part10.scan(data, limits)
     syntax = transfer_syntaxes.get(scan.transfer_syntax_uid)
     notes: list[str] = []
-    with _pydicom_guard():
+    with pydicom_guard():
         try:
             ds = read_dataset(
                 BytesIO(scan.dataset_without_pixels()),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from coffre.errors import CoffreError
@@ -59,4 +60,8 @@ class BlobStore(Protocol):
 
     def keys(self) -> Iterator[str]:
         """Every stored key (for reconciliation); in no particular order."""
+        ...
+
+    def local_path(self, key: str) -> Path | None:
+        """A local file holding the blob's bytes, if the backend has one (zero-copy sends)."""
         ...

@@ -192,6 +192,10 @@ class FileSystemBlobStore:
         except OSError as exc:
             raise StorageFailure(f"cannot delete blob {key}: {_reason(exc)}") from None
 
+    def local_path(self, key: str) -> Path | None:
+        path = self.path_for(key)
+        return path if path.is_file() else None
+
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
 

@@ -11,6 +11,7 @@ import hashlib
 import io
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 from coffre.errors import AlreadyExists
@@ -49,6 +50,11 @@ class MemoryBlobStore:
         check_key(key)
         with self._lock:
             self._blobs.pop(key, None)
+
+    def local_path(self, key: str) -> Path | None:
+        """Memory blobs have no file."""
+        check_key(key)
+        return None
 
     def exists(self, key: str) -> bool:
         check_key(key)

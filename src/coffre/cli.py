@@ -372,5 +372,13 @@ def conflicts(
     out.print(table)
 
 
+@app.command()
+def conformance() -> None:
+    """Print the DICOM conformance statement (Markdown), generated from the code."""
+    from coffre.conformance import statement
+
+    sys.stdout.write(statement())
+
+
 def main() -> None:
     app()

@@ -11,6 +11,8 @@ DIMSE status (``net.statuses``).
 - Verification Service Class (PS3.4 A) and Storage Service Class (PS3.4 B) SCP for every
   Storage SOP Class in every accepted transfer syntax; the dataset is never decoded on
   the store path: the encoded bytes go to the ingest service as received.
+- Query/Retrieve Service Class (PS3.4 C) FIND, MOVE and GET SCP for the Patient Root
+  and Study Root models (``net.find``, ``net.retrieve``).
 - TCP_NODELAY on every accepted socket; one thread per association.
 """
 
@@ -20,6 +22,7 @@ import logging
 import socket
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from pynetdicom import AE, _config, evt
@@ -30,6 +33,8 @@ from coffre.dicom.sop_classes import STORAGE_SOP_CLASSES
 from coffre.dicom.transfer_syntaxes import ACCEPTED_TRANSFER_SYNTAXES
 from coffre.errors import CoffreError
 from coffre.model import Actor
+from coffre.net.find import MODELS, handle_find
+from coffre.net.retrieve import handle_get, handle_move
 from coffre.net.statuses import failure_status, store_success
 from coffre.services import facilities
 from coffre.services.access import Action, authorize
@@ -78,9 +83,13 @@ class DimseServer:
         ae.require_called_aet = False
         ae.require_calling_aet = []
         transfer_syntaxes = [ts.uid for ts in ACCEPTED_TRANSFER_SYNTAXES]
-        ae.add_supported_context(VERIFICATION_SOP_CLASS, [ts.uid for ts in ACCEPTED_TRANSFER_SYNTAXES if not ts.encapsulated])
+        uncompressed = [ts.uid for ts in ACCEPTED_TRANSFER_SYNTAXES if not ts.encapsulated]
+        ae.add_supported_context(VERIFICATION_SOP_CLASS, uncompressed)
+        for uid in MODELS:
+            ae.add_supported_context(uid, uncompressed)
         for uid in STORAGE_SOP_CLASSES:
-            ae.add_supported_context(uid, transfer_syntaxes)
+            # both roles: peers store to us (SCU) and receive C-GET sub-operations (SCP)
+            ae.add_supported_context(uid, transfer_syntaxes, scu_role=True, scp_role=True)
         return ae
 
     # -- lifecycle -----------------------------------------------------------------
@@ -92,6 +101,9 @@ class DimseServer:
             (evt.EVT_REQUESTED, self._on_requested, [self.ctx]),
             (evt.EVT_C_ECHO, self._on_echo, [self.ctx]),
             (evt.EVT_C_STORE, self._on_store, [self.ctx]),
+            (evt.EVT_C_FIND, self._on_find, [self.ctx]),
+            (evt.EVT_C_MOVE, self._on_move, [self.ctx]),
+            (evt.EVT_C_GET, self._on_get, [self.ctx]),
         ]
         self._server = self.ae.make_server(
             (s.host, s.port), evt_handlers=handlers, server_class=_NoDelayServer
@@ -169,3 +181,12 @@ class DimseServer:
             log.exception("C-STORE from %s failed", actor.describe())
             return failure_status(0xA701, "internal error; the object was not stored")
         return store_success(result)
+
+    def _on_find(self, event: Any, ctx: Context) -> Iterator[Any]:
+        return handle_find(event, ctx, self._actor(event))
+
+    def _on_move(self, event: Any, ctx: Context) -> Iterator[Any]:
+        return handle_move(event, ctx, self._actor(event))
+
+    def _on_get(self, event: Any, ctx: Context) -> Iterator[Any]:
+        return handle_get(event, ctx, self._actor(event))

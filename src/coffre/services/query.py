@@ -1,0 +1,46 @@
+"""Query: the one search use case behind C-FIND (and QIDO-RS).
+
+The caller's scope is the single authorization predicate added to every query
+(DESIGN 5, Query): for now a node sees its own facility's data, the system actor
+everything. Each query is audited with its level and matching keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pydicom.datadict import keyword_for_tag
+
+from coffre.app import Context
+from coffre.dicom.query import Query
+from coffre.index.query import Row, Scope, run_query
+from coffre.model import Actor, ActorKind
+from coffre.services import audit
+from coffre.services.access import Action, authorize
+
+
+def scope_for(actor: Actor) -> Scope:
+    """The facilities whose data ``actor`` may see."""
+    if actor.kind is ActorKind.SYSTEM and actor.facility is None:
+        return Scope(facility_ids=None)
+    if actor.facility_id is None:
+        return Scope(facility_ids=frozenset())
+    return Scope(facility_ids=frozenset({actor.facility_id}))
+
+
+def describe(query: Query) -> dict[str, object]:
+    """The audit detail of a query: level and matching keys (the audit trail, not logs)."""
+    keys = {
+        keyword_for_tag(f.tag) or f"{f.tag:08X}": [f.match.value, *f.values] for f in query.filters
+    }
+    return {"level": query.level.value, "model": query.model.value, "keys": keys}
+
+
+def find(ctx: Context, actor: Actor, query: Query, *, source: str) -> Iterator[Row]:
+    """Rows matching ``query`` within the actor's scope, streamed in a read transaction."""
+    authorize(actor, Action.QUERY, actor.facility_id)
+    with ctx.db.write() as tx:
+        audit.record(ctx, tx, actor, "query", object_type=query.level.value.lower(),
+                     detail={**describe(query), "source": source})
+    with ctx.db.read() as tx:
+        yield from run_query(tx, query, scope_for(actor))

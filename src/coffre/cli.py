@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -60,12 +62,12 @@ def _context(data: Path) -> Iterator[Context]:
     try:
         ctx = build_context(_settings(data))
     except CoffreError as exc:
-        err.print(f"[red]error:[/red] {exc.reason}")
+        err.print(f"[red]error:[/red] {escape(exc.reason)}")
         raise typer.Exit(2) from None
     try:
         yield ctx
     except CoffreError as exc:
-        err.print(f"[red]error:[/red] {exc.reason}")
+        err.print(f"[red]error:[/red] {escape(exc.reason)}")
         raise typer.Exit(1) from None
     finally:
         ctx.close()
@@ -94,9 +96,11 @@ def _main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # The DICOM libraries quote element values (patient data) in their messages.
+    # The DICOM libraries quote element values (patient data, or a sender's hostile
+    # text) in their log messages and warnings: keep them out of the logs.
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
 
 
 @app.command()
@@ -202,7 +206,7 @@ def import_(
     out.print(f"stored: {summary.stored}, duplicate: {summary.duplicate}, "
               f"new version: {summary.new_version}, rejected: {summary.rejected_total}")
     for reason, count in sorted(summary.rejected.items()):
-        out.print(f"  rejected {count}: {reason}")
+        out.print(f"  rejected {count}: {escape(reason)}")
     if summary.rejected_total:
         raise typer.Exit(1)
 
@@ -221,7 +225,8 @@ def check(
         report = run_check(ctx, OPERATOR, verify=verify, repair=repair, grace_seconds=grace, progress=progress)
     out.print(f"files: {report.files}, verified: {report.verified}, missing: {len(report.missing)}, "
               f"corrupt: {len(report.corrupt)}, unacknowledged leftovers: {len(report.pending)}, "
-              f"orphan blobs: {len(report.orphans)}, repaired: {report.repaired}")
+              f"orphan blobs: {len(report.orphans)}, temp files: {len(report.temp_files)}, "
+              f"repaired: {report.repaired}")
     for key in report.missing:
         out.print(f"  missing {key}")
     for key in report.corrupt:
@@ -234,6 +239,7 @@ def check(
 def info(data: DataOption, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Print the archive's AE title, ports, and each facility with its nodes."""
     from coffre.index.instances import counts_by_facility
+    from coffre.services.demo import demo_tokens
     from coffre.services.facilities import list_facilities, list_nodes
 
     with _context(data) as ctx:
@@ -246,9 +252,11 @@ def info(data: DataOption, as_json: Annotated[bool, typer.Option("--json", help=
             "ae_title": s.archive.ae_title,
             "dicom": {"host": s.dicom.host, "port": s.dicom.port},
             "http": {"host": s.http.host, "port": s.http.port, "url": f"http://{s.http.host}:{s.http.port}"},
+            "dicomweb": {"url": f"http://{s.http.host}:{s.http.port}{s.http.dicomweb_base}"},
             "index": s.index_url.split("://", 1)[0] if "@" in s.index_url else s.index_url,
             "facilities": [],
         }
+        tokens = demo_tokens(ctx)
         for fac in list_facilities(ctx):
             c = counts.get(fac.slug)
             doc["facilities"].append({
@@ -260,9 +268,10 @@ def info(data: DataOption, as_json: Annotated[bool, typer.Option("--json", help=
                      "permissions": sorted(p.value for p in n.permissions)}
                     for n in list_nodes(ctx, fac.slug)
                 ],
+                **({"demo_token": tokens[fac.slug]} if fac.slug in tokens else {}),
             })
     if as_json:
-        out.print_json(json.dumps(doc))
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
     out.print(f"Coffre {doc['version']}  AE {doc['ae_title']}  DICOM {s.dicom.host}:{s.dicom.port}  "
               f"HTTP {doc['http']['url']}")
@@ -353,6 +362,53 @@ def node_remove(data: DataOption, ae_title: Annotated[str, typer.Argument()]) ->
     with _context(data) as ctx:
         remove_node(ctx, OPERATOR, ae_title)
     out.print(f"node {ae_title} removed")
+
+
+token_app = _typer("API tokens of DICOMweb clients (one facility each).")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("add")
+def token_add(
+    data: DataOption,
+    name: Annotated[str, typer.Argument(help="Token name, unique within the facility.")],
+    facility: Annotated[str, typer.Option(help="Slug of the facility the client acts for.")],
+    allow: Annotated[str, typer.Option(help="store,query,retrieve")] = "store,query,retrieve",
+) -> None:
+    """Create an API token; it is printed once and only its hash is kept."""
+    from coffre.services.tokens import create_token
+
+    with _context(data) as ctx:
+        token = create_token(ctx, OPERATOR, facility_slug=facility, name=name, permissions=_permissions(allow))
+    out.print(token, soft_wrap=True)
+
+
+@token_app.command("list")
+def token_list(data: DataOption) -> None:
+    """List API tokens (names, facilities, permissions; never the tokens)."""
+    from coffre.services.tokens import list_tokens
+
+    with _context(data) as ctx:
+        table = Table("facility", "name", "may", "created", "revoked")
+        for t in list_tokens(ctx):
+            table.add_row(t.facility.slug, t.name, ",".join(sorted(p.value for p in t.permissions)),
+                          t.created_at.isoformat(timespec="seconds"),
+                          t.revoked_at.isoformat(timespec="seconds") if t.revoked_at else "")
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    data: DataOption,
+    name: Annotated[str, typer.Argument()],
+    facility: Annotated[str, typer.Option(help="Slug of the token's facility.")],
+) -> None:
+    """Revoke an API token; it is refused from the next request on."""
+    from coffre.services.tokens import revoke_token
+
+    with _context(data) as ctx:
+        revoke_token(ctx, OPERATOR, facility_slug=facility, name=name)
+    out.print(f"token {name} revoked")
 
 
 @app.command()

@@ -139,3 +139,24 @@ class TranscodeError(CoffreError):
 
     http_status = 406
     dimse_status = 0xC000
+
+
+class BadRequest(CoffreError):
+    """A malformed HTTP request: bad parameters, malformed multipart body (400)."""
+
+    http_status = 400
+    dimse_status = 0xC000
+
+
+class NotAcceptable(CoffreError):
+    """No representation the client accepts can be produced (406, PS3.18 8.7.3)."""
+
+    http_status = 406
+    dimse_status = 0xC000
+
+
+class UnsupportedMediaType(CoffreError):
+    """The request body's media type is not one the service takes (415)."""
+
+    http_status = 415
+    dimse_status = 0xC000

@@ -44,6 +44,8 @@ class Node:
 
 class ActorKind(enum.StrEnum):
     NODE = "node"
+    #: an HTTP client holding a facility's API token
+    CLIENT = "client"
     USER = "user"
     SYSTEM = "system"
 
@@ -58,6 +60,8 @@ class Actor:
     facility: Facility | None
     address: str = ""
     node: Node | None = None
+    #: what a node or client may do (the system actor is not limited by this)
+    permissions: frozenset[Permission] = frozenset()
 
     @property
     def facility_id(self) -> int | None:
@@ -75,7 +79,13 @@ class Actor:
             facility=facility,
             address=address,
             node=node,
+            permissions=node.permissions,
         )
+
+    @staticmethod
+    def for_client(name: str, facility: Facility, permissions: frozenset[Permission], address: str) -> Actor:
+        return Actor(kind=ActorKind.CLIENT, name=name, facility=facility, address=address,
+                     permissions=permissions)
 
     def describe(self) -> str:
         """A short, patient-free label for logs and audit."""

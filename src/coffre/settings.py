@@ -50,6 +50,19 @@ class DicomSettings:
 class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8042
+    #: Base path of the DICOMweb services (PS3.18).
+    dicomweb_base: str = "/dicomweb"
+    #: Origins allowed by CORS, comma-separated ("" = none, "*" = any).
+    cors_origins: str = ""
+    #: Largest STOW-RS request body, bytes (413 beyond, without reading it whole).
+    max_request_bytes: int = 4 * 1024**3
+    #: Most parts in one multipart request.
+    max_parts: int = 10_000
+    #: Largest header block of one multipart part, bytes.
+    max_part_header_bytes: int = 16_384
+    #: QIDO-RS results per page when the request gives no limit, and the most it may ask.
+    qido_default_limit: int = 100
+    qido_max_limit: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +189,13 @@ def _validate(section: str, obj: Any) -> None:
             raise ConfigurationError("[archive] ae_title must be 1-16 printable ASCII characters (PS3.5 6.2)")
     if section in {"dicom", "http"} and not 0 <= obj.port <= 65535:
         raise ConfigurationError(f"[{section}] port must be 0-65535")
+    if section == "http":
+        base = obj.dicomweb_base
+        if not base.startswith("/") or base.endswith("/") or not all(c.isalnum() or c in "/-_" for c in base):
+            raise ConfigurationError("[http] dicomweb_base must be a path like /dicomweb")
+        numbers = ("max_request_bytes", "max_parts", "max_part_header_bytes", "qido_default_limit", "qido_max_limit")
+        if any(getattr(obj, n) <= 0 for n in numbers) or obj.qido_default_limit > obj.qido_max_limit:
+            raise ConfigurationError("[http] sizes and limits must be positive, default ≤ max")
     if section == "dicom" and min(obj.network_timeout, obj.acse_timeout, obj.dimse_timeout, obj.max_pdu) < 0:
         raise ConfigurationError("[dicom] timeouts and max_pdu must not be negative")
     if section == "storage" and obj.backend != "filesystem":
@@ -239,9 +259,22 @@ dimse_timeout = 60.0
 verify_peer_host = true
 
 [http]
-# HTTP server (health check now; DICOMweb later).
+# HTTP server: health check and DICOMweb (PS3.18).
 host = "127.0.0.1"
 port = 8042
+# Base path of STOW-RS, QIDO-RS, WADO-RS and WADO-URI.
+dicomweb_base = "/dicomweb"
+# Origins allowed by CORS, comma-separated ("" = none, "*" = any), e.g. for a viewer
+# served from another origin.
+cors_origins = ""
+# Largest STOW-RS request body, bytes; larger requests get 413 without being read.
+max_request_bytes = 4294967296
+# Most parts in one multipart request, and the largest header block of a part.
+max_parts = 10000
+max_part_header_bytes = 16384
+# QIDO-RS page size when no limit is given, and the largest limit a client may ask.
+qido_default_limit = 100
+qido_max_limit = 1000
 
 [index]
 # SQLAlchemy URL. Empty: SQLite in DATA/index.sqlite3.

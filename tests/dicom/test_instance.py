@@ -29,6 +29,7 @@ from coffre.errors import (
     InvalidInstance,
     InvalidUID,
     MissingAttribute,
+    SOPClassMismatch,
     TooDeeplyNested,
     TooLarge,
     UnknownSOPClass,
@@ -413,7 +414,8 @@ def test_unknown_sop_class() -> None:
 @pytest.mark.parametrize("keyword", ["MediaStorageSOPInstanceUID", "MediaStorageSOPClassUID"])
 def test_meta_and_dataset_uids_differ(keyword: str) -> None:
     data = factories.with_meta_uid(factories.make_instance(), keyword, "1.2.840.10008.5.1.4.1.1.4")
-    with pytest.raises(InvalidInstance, match=f"{keyword} does not match"):
+    announced = keyword.removeprefix("MediaStorage")
+    with pytest.raises(SOPClassMismatch, match=f"{announced} does not match the announced"):
         parse(data)
 
 

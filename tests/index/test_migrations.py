@@ -35,8 +35,15 @@ def _table_names(db: Database) -> set[str]:
         return set(inspect(conn).get_table_names())
 
 
-def test_head_is_the_single_initial_revision() -> None:
-    assert head() == "0001"
+def test_revisions_form_one_linear_history() -> None:
+    from alembic.script import ScriptDirectory
+
+    from coffre.index.migrate import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config())
+    chain = [rev.revision for rev in script.walk_revisions()]
+    assert script.get_heads() == [head()]
+    assert chain[-1] == "0001" and head() == chain[0]
 
 
 def test_upgrade_from_empty(empty_database: Database) -> None:

@@ -50,6 +50,7 @@ from coffre.errors import (
     CoffreError,
     InvalidInstance,
     MissingAttribute,
+    SOPClassMismatch,
     TooDeeplyNested,
     UnknownSOPClass,
 )
@@ -132,10 +133,12 @@ def parse_instance(data: bytes, limits: LimitsSettings) -> ParsedInstance:
         raise UnknownSOPClass("SOPClassUID is not a Storage SOP Class known to the archive")
     if not scan.media_storage_sop_instance_uid or not scan.media_storage_sop_class_uid:
         raise InvalidInstance("File Meta lacks MediaStorageSOPClassUID or ...InstanceUID")
+    # Over DIMSE the meta header is built from the C-STORE request, so a mismatch is
+    # the dataset not matching what was announced (PS3.4 B.2.3: 0xA900).
     if scan.media_storage_sop_instance_uid != sop_instance:
-        raise InvalidInstance("MediaStorageSOPInstanceUID does not match SOPInstanceUID")
+        raise SOPClassMismatch("SOPInstanceUID does not match the announced SOP Instance UID")
     if scan.media_storage_sop_class_uid != sop_class:
-        raise InvalidInstance("MediaStorageSOPClassUID does not match SOPClassUID")
+        raise SOPClassMismatch("SOPClassUID does not match the announced SOP Class UID")
 
     for tag, pixel in scan.pixels.items():
         json_model[f"{tag:08X}"] = {

@@ -345,3 +345,18 @@ def parse_retrieve(identifier: Dataset, model: Model) -> Query:
             raise InvalidQuery(f"{_name(key)} must be given to retrieve at {level.value} level")
         filters.append(made)
     return Query(level=level, model=model, filters=tuple(filters), return_tags=())
+
+
+def uid_query(study: str, series: str | None = None, sop_instance: str | None = None) -> Query:
+    """A Study Root retrieve of one study, series or instance by its UIDs (WADO-RS paths)."""
+    from coffre.dicom.uid import check_uid
+
+    filters = [Filter(UNIQUE_KEY[Level.STUDY], Match.SINGLE, (check_uid(study, "StudyInstanceUID"),))]
+    level = Level.STUDY
+    if series is not None:
+        filters.append(Filter(UNIQUE_KEY[Level.SERIES], Match.SINGLE, (check_uid(series, "SeriesInstanceUID"),)))
+        level = Level.SERIES
+    if sop_instance is not None:
+        filters.append(Filter(UNIQUE_KEY[Level.IMAGE], Match.SINGLE, (check_uid(sop_instance, "SOPInstanceUID"),)))
+        level = Level.IMAGE
+    return Query(level=level, model=Model.STUDY_ROOT, filters=tuple(filters), return_tags=())

@@ -139,7 +139,7 @@ def make_dataset(spec: InstanceSpec) -> Dataset:
     meta.ImplementationVersionName = f"COFFRE_{__version__}"[:16]
     ds.file_meta = meta
     if spec.transfer_syntax != ExplicitVRLittleEndian:
-        ds.compress(spec.transfer_syntax)
+        ds.compress(spec.transfer_syntax, generate_instance_uid=False)
     return ds
 
 

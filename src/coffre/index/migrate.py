@@ -27,7 +27,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_LOCK_KEY = 0x436F_6666_7265_0001
 
 
-def _config() -> Config:
+def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     # revision files are named NNNN_slug.py; keep that for new ones
@@ -37,7 +37,7 @@ def _config() -> Config:
 
 def head() -> str:
     """The revision the code expects (the single head of the migration scripts)."""
-    script = ScriptDirectory.from_config(_config())
+    script = ScriptDirectory.from_config(alembic_config())
     rev = script.get_current_head()
     if rev is None:  # pragma: no cover - the package always ships revisions
         raise RuntimeError(f"no migration scripts in {MIGRATIONS}")
@@ -53,7 +53,7 @@ def current_revision(db: Database) -> str | None:
 
 def upgrade(db: Database, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (default: head). Idempotent."""
-    config = _config()
+    config = alembic_config()
     with db.write() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})

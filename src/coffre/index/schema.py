@@ -238,6 +238,21 @@ audit_event = Table(
     Index(None, "facility_id", "at"),
 )
 
+# API tokens of DICOMweb clients, bound to one facility (until users and roles exist).
+api_token = Table(
+    "api_token",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("facility_id", _ID, ForeignKey("facility.id"), nullable=False, index=True),
+    Column("name", String(64), nullable=False),
+    # SHA-256 of the token (tokens are 256-bit random, so a plain hash is enough)
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("permissions", String(100), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+    UniqueConstraint("facility_id", "name"),
+)
+
 # A tiny key/value table for archive-wide state (e.g. the demo marker).
 archive_state = Table(
     "archive_state",

@@ -30,7 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from coffre.app import Context
 from coffre.dicom.sop_classes import STORAGE_SOP_CLASSES
-from coffre.dicom.transfer_syntaxes import ACCEPTED_TRANSFER_SYNTAXES
+from coffre.dicom.transfer_syntaxes import ACCEPTED_TRANSFER_SYNTAXES, TransferSyntax
 from coffre.errors import CoffreError
 from coffre.model import Actor
 from coffre.net.find import MODELS, handle_find
@@ -46,6 +46,37 @@ log = logging.getLogger(__name__)
 _REJECT_PERMANENT, _SOURCE_SERVICE_USER = 0x01, 0x01
 #: PS3.4 A.4 Verification SOP Class
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+
+
+#: lossy syntaxes (PS3.5 8.2); the lossless ones are preferred when a peer offers both
+_LOSSY = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203",
+})
+
+
+def preferred_order() -> list[str]:
+    """The order in which the archive picks a transfer syntax among a peer's proposals.
+
+    pynetdicom takes the first of the acceptor's list that the peer proposed in a
+    presentation context. Lossless encapsulated syntaxes come first (a peer proposing
+    JPEG 2000 lossless next to Explicit VR Little Endian keeps its compression), then
+    Explicit VR Little Endian and the other native syntaxes, Implicit VR Little Endian
+    last of the lossless ones, then lossy and video syntaxes.
+    """
+    def rank(ts: TransferSyntax) -> tuple[int, int]:
+        index = ACCEPTED_TRANSFER_SYNTAXES.index(ts)
+        if ts.video:
+            return 5, index
+        if ts.uid in _LOSSY:
+            return 4, index
+        if ts.encapsulated:
+            return 0, index
+        if ts.implicit_vr:
+            return 3, index
+        return (1 if ts.uid == "1.2.840.10008.1.2.1" else 2), index
+
+    return [ts.uid for ts in sorted(ACCEPTED_TRANSFER_SYNTAXES, key=rank)]
 
 
 class _NoDelayServer(ThreadedAssociationServer):
@@ -82,7 +113,7 @@ class DimseServer:
         # Admission is ours (EVT_REQUESTED); pynetdicom's static checks are off.
         ae.require_called_aet = False
         ae.require_calling_aet = []
-        transfer_syntaxes = [ts.uid for ts in ACCEPTED_TRANSFER_SYNTAXES]
+        transfer_syntaxes = preferred_order()
         uncompressed = [ts.uid for ts in ACCEPTED_TRANSFER_SYNTAXES if not ts.encapsulated]
         ae.add_supported_context(VERIFICATION_SOP_CLASS, uncompressed)
         for uid in MODELS:
@@ -108,6 +139,8 @@ class DimseServer:
         self._server = self.ae.make_server(
             (s.host, s.port), evt_handlers=handlers, server_class=_NoDelayServer
         )
+        # as AE.start_server does: AE.shutdown() stops the servers it lists
+        self.ae._servers.append(self._server)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="coffre-dimse", daemon=True
         )
@@ -116,11 +149,9 @@ class DimseServer:
         return str(host), int(port)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        """Abort open associations (nothing unacknowledged is kept) and close the socket."""
         self.ae.shutdown()
+        self._server = None
 
     # -- handlers --------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The one authorization function (DESIGN rule 3), table-driven, default deny.
 
-At this stage actors are DICOM nodes (their permissions are registered with them)
+At this stage actors are DICOM nodes (their permissions are registered with them),
+HTTP clients holding a facility's API token (permissions registered with the token)
 and the system itself (the CLI run by the archive's operator). Users, roles and the
 territory's grants plug into the same table later; callers do not change.
 """
@@ -20,8 +21,8 @@ class Action(enum.StrEnum):
     ECHO = "echo"
 
 
-#: which node permission each action needs; ``None``: any registered node may
-_NODE_PERMISSION: dict[Action, Permission | None] = {
+#: which permission each action needs; ``None``: any registered node or client may
+_PERMISSION: dict[Action, Permission | None] = {
     Action.STORE: Permission.STORE,
     Action.QUERY: Permission.QUERY,
     Action.RETRIEVE: Permission.RETRIEVE,
@@ -33,11 +34,11 @@ def is_allowed(actor: Actor, action: Action, facility_id: int | None) -> bool:
     """True when ``actor`` may perform ``action`` on data of ``facility_id``."""
     if actor.kind is ActorKind.SYSTEM:
         return True
-    if actor.kind is ActorKind.NODE and actor.node is not None:
+    if actor.kind in (ActorKind.NODE, ActorKind.CLIENT) and actor.facility is not None:
         if facility_id is not None and facility_id != actor.facility_id:
             return False
-        needed = _NODE_PERMISSION[action]
-        return needed is None or actor.node.may(needed)
+        needed = _PERMISSION[action]
+        return needed is None or needed in actor.permissions
     return False
 
 

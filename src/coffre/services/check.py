@@ -11,7 +11,8 @@ Both ways:
   removal of its pending row): reported, and removed with ``repair``.
 
 Pending rows younger than ``grace_seconds`` belong to ingests still in progress and
-are left alone.
+are left alone; so are the blob store's temporary files (a write interrupted by a
+crash leaves one), which ``repair`` removes once older than the grace period.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class CheckReport:
     corrupt: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    #: the blob store's temporary files (interrupted writes)
+    temp_files: list[str] = field(default_factory=list)
     repaired: int = 0
 
     @property
@@ -97,7 +100,13 @@ def check(
     for key in ctx.blobs.keys():
         if key not in known:
             report.orphans.append(key)
+    leftovers = getattr(ctx.blobs, "temp_files", None)
+    temp_files = list(leftovers()) if leftovers else []
+    report.temp_files = [path.name for path in temp_files]
     if repair:
+        remove_temp = getattr(ctx.blobs, "remove_stale_temp_files", None)
+        if remove_temp is not None:
+            report.repaired += int(remove_temp(grace_seconds))
         for row in stale:
             ctx.blobs.delete(row.blob_key)
             with ctx.db.write() as tx:

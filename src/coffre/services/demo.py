@@ -7,12 +7,15 @@ It contains the two identity cases every territory meets:
 - two different people sharing PatientID ``100200``: Pierre DUBOIS at CHU Nord and
   Sophie LEROY at Imagerie de l'Est.
 
-Studies (CT, MR, CR, DX, US) are spread over several years. Loading is idempotent:
-a marker in the index records that the demo is present.
+Studies (CT, MR, CR, DX, US) are spread over several years. Each facility gets a
+DICOMweb API token named ``demo``; for the demo only, the clear tokens are kept in the
+index so that ``coffre info --json`` can print them. Loading is idempotent: a marker
+in the index records that the demo is present.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,9 +27,12 @@ from coffre.index import state
 from coffre.model import Actor, Facility, Permission
 from coffre.services import facilities
 from coffre.services.ingest import ingest
+from coffre.services.tokens import create_token
 
 DEMO_MARKER = "demo-territory"
 DEMO_VERSION = b"1"
+#: the demo facilities' API tokens, kept in clear for the demo only (documented)
+DEMO_TOKENS = "demo-tokens"
 
 ALL = frozenset(Permission)
 MODALITY = frozenset({Permission.STORE})
@@ -104,6 +110,13 @@ class DemoSummary:
     instances: int
 
 
+def demo_tokens(ctx: Context) -> dict[str, str]:
+    """Facility slug -> API token of the demo territory ({} when the demo is not loaded)."""
+    with ctx.db.read() as tx:
+        raw = state.get(tx, DEMO_TOKENS)
+    return dict(json.loads(raw)) if raw else {}
+
+
 def is_loaded(ctx: Context) -> bool:
     with ctx.db.read() as tx:
         return state.get(tx, DEMO_MARKER) is not None
@@ -120,6 +133,11 @@ def load_demo(ctx: Context, *, progress: Callable[[int, int], None] | None = Non
         for ae, port, perms, description in f.nodes:
             facilities.add_node(ctx, operator, ae_title=ae, host="127.0.0.1", port=port,
                                 facility_slug=f.slug, permissions=perms, description=description)
+    tokens = {
+        f.slug: create_token(ctx, operator, facility_slug=f.slug, name="demo") for f in FACILITIES
+    }
+    with ctx.db.write() as tx:
+        state.put(tx, DEMO_TOKENS, json.dumps(tokens).encode("utf-8"))
     total = sum(s[4] * s[5] for p in PATIENTS for s in p.studies)
     done = 0
     seed = 0

@@ -14,7 +14,7 @@ import socket
 from coffre.app import Context
 from coffre.errors import ConfigurationError, NotAuthorized
 from coffre.index import facilities as index
-from coffre.model import Actor, Facility, Node, Permission
+from coffre.model import Actor, ActorKind, Facility, Node, Permission
 from coffre.services import audit
 
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
@@ -113,8 +113,7 @@ def _addresses(host: str) -> set[str]:
 def admit(ctx: Context, *, calling_ae: str, called_ae: str, address: str) -> Actor:
     """The actor for an association request, or ``AssociationRefused`` (audited)."""
     calling = calling_ae.strip()
-    anonymous = Actor.system(name=f"unknown-ae:{calling[:16]}")
-    anonymous = Actor(kind=anonymous.kind, name=anonymous.name, facility=None, address=address)
+    anonymous = Actor(kind=ActorKind.NODE, name=calling[:16], facility=None, address=address)
     if called_ae.strip() != ctx.settings.archive.ae_title:
         _refuse(ctx, anonymous, Refusal.CALLED_AE_NOT_RECOGNIZED, "called AE title not recognised")
     with ctx.db.read() as tx:

@@ -164,7 +164,7 @@ def serve(
         s = ctx.settings
         dimse = DimseServer(ctx)
         dicom_host, dicom_port = dimse.start()
-        http_socket = socket.create_server((s.http.host, s.http.port), reuse_port=False)
+        http_socket = listening_socket(s.http.host, s.http.port)
         http_port = http_socket.getsockname()[1]
         config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False, lifespan="off")
         server = uvicorn.Server(config)
@@ -187,6 +187,18 @@ def serve(
         finally:
             dimse.stop()
     out.print("Coffre stopped")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The HTTP listening socket, created with IPPROTO_TCP explicitly: asyncio sets
+    TCP_NODELAY on accepted connections only then, and without it a small response
+    waits ~40 ms for the client's delayed ACK (measured: one frame 48 ms → 3.5 ms)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
 
 
 @app.command("import")

@@ -23,6 +23,7 @@ NumberOfStudyRelatedInstances or ModalitiesInStudy, C.6.1.1.3 / C.6.2.1.2).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -225,7 +226,10 @@ def _count(stmt: Select[Any], correlate: Table) -> ColumnElement[Any]:
     return stmt.correlate(correlate).scalar_subquery()
 
 
+@functools.lru_cache(maxsize=64)
 def _computed_column(tag: int, dialect: str) -> ColumnElement[Any]:
+    """The SQL of a computed return key; built once per (tag, dialect): SQL elements are
+    immutable, and building them was a sixth of a C-FIND's time (docs/performance.md)."""
     st, se, im = study.alias("c_study"), series.alias("c_series"), instance.alias("c_instance")
     n = func.count()
     if tag == 0x00201200:  # NumberOfPatientRelatedStudies

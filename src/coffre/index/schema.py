@@ -125,6 +125,8 @@ patient = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     UniqueConstraint("facility_id", "issuer", "patient_id"),
     Index(None, "facility_id", "patient_name_norm"),
+    # C-FIND/QIDO by PatientID give no issuer: the unique key above cannot serve them
+    Index(None, "facility_id", "patient_id"),
 )
 
 study = Table(

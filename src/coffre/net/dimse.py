@@ -18,6 +18,7 @@ DIMSE status (``net.statuses``).
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import threading
@@ -79,6 +80,25 @@ def preferred_order() -> list[str]:
     return [ts.uid for ts in sorted(ACCEPTED_TRANSFER_SYNTAXES, key=rank)]
 
 
+class _SharedContexts(list[Any]):
+    """The supported presentation contexts, copied cheaply for each association.
+
+    pynetdicom deep-copies the server's contexts for every association; with ~200
+    Storage SOP classes x 25 transfer syntaxes that re-creates and re-validates ~5,000
+    UID objects and was most of the cost of a C-ECHO or C-FIND association here
+    (docs/performance.md). UIDs are immutable strings: a fresh context object with
+    its own transfer syntax list is all negotiation needs.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        fresh = []
+        for cx in self:
+            new = copy.copy(cx)
+            new._transfer_syntax = list(cx._transfer_syntax)
+            fresh.append(new)
+        return fresh
+
+
 class _NoDelayServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with TCP_NODELAY on each accepted socket."""
 
@@ -137,7 +157,10 @@ class DimseServer:
             (evt.EVT_C_GET, self._on_get, [self.ctx]),
         ]
         self._server = self.ae.make_server(
-            (s.host, s.port), evt_handlers=handlers, server_class=_NoDelayServer
+            (s.host, s.port),
+            evt_handlers=handlers,
+            server_class=_NoDelayServer,
+            contexts=_SharedContexts(self.ae.supported_contexts),
         )
         # as AE.start_server does: AE.shutdown() stops the servers it lists
         self.ae._servers.append(self._server)

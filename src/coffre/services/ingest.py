@@ -54,8 +54,13 @@ def ingest(
     source: str,
     expected_sop_class: str | None = None,
     expected_sop_instance: str | None = None,
+    audit_refusals: bool = True,
 ) -> IngestResult:
-    """Validate, durably archive and index one Part 10 object for the actor's facility."""
+    """Validate, durably archive and index one Part 10 object for the actor's facility.
+
+    ``audit_refusals=False``: the caller audits refused objects itself (STOW-RS writes
+    one event per request, so that a body of many bad parts costs no write per part).
+    """
     facility = actor.facility
     if facility is None:
         raise NotAuthorized("the caller is not bound to a facility")
@@ -63,7 +68,8 @@ def ingest(
         authorize(actor, Action.STORE, facility.id)
         parsed = _validate(ctx, data, expected_sop_class, expected_sop_instance)
     except CoffreError as exc:
-        _audit_refusal(ctx, actor, facility, exc, source)
+        if audit_refusals:
+            _audit_refusal(ctx, actor, facility, exc, source)
         raise
     sha256 = hashlib.sha256(data).hexdigest()
 

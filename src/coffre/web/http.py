@@ -1,17 +1,37 @@
-"""The FastAPI application. At this stage it answers a health check only."""
+"""The FastAPI application: health check and DICOMweb (PS3.18) under one base path."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from coffre import __version__
 from coffre.app import Context
 from coffre.services.health import health
+from coffre.web import errors
+from coffre.web.dicomweb import router as dicomweb_router
 
 
 def create_app(ctx: Context) -> FastAPI:
-    app = FastAPI(title="Coffre", version=__version__, docs_url=None, redoc_url=None)
+    s = ctx.settings.http
+    app = FastAPI(
+        title="Coffre",
+        version=__version__,
+        summary="Territorial imaging archive: DICOMweb (STOW-RS, QIDO-RS, WADO-RS, WADO-URI)",
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+    origins = [o.strip() for o in s.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Accept", "Content-Type"],
+            expose_headers=["Warning", "ETag", "Content-Location", "Location"],
+        )
 
     @app.get("/healthz", summary="Liveness and readiness of the index and the blob store")
     def healthz() -> JSONResponse:
@@ -21,4 +41,5 @@ def create_app(ctx: Context) -> FastAPI:
             status_code=200 if report.ok else 503,
         )
 
+    app.include_router(dicomweb_router, prefix=s.dicomweb_base)
     return app

@@ -189,4 +189,34 @@ def statement() -> str:
         "- An invalid identifier is refused with 0xC514 (C-MOVE) or 0xC413 (C-GET).",
         "",
     ]
+    lines += _dicomweb()
     return "\n".join(lines)
+
+
+def _dicomweb() -> list[str]:
+    """Section 5 from the HTTP application's own routes (its OpenAPI description)."""
+    from pathlib import Path
+
+    from coffre.app import Context
+    from coffre.settings import Settings
+    from coffre.web.http import create_app
+
+    app = create_app(Context(settings=Settings(data_dir=Path(".")), db=None, blobs=None))  # type: ignore[arg-type]
+    rows = []
+    for path, item in app.openapi()["paths"].items():
+        if not path.startswith("/dicomweb"):
+            continue
+        for method, operation in item.items():
+            rows.append([method.upper(), f"`{path.removeprefix('/dicomweb') or '/'}`", str(operation.get("summary", ""))])
+    return [
+        "## 5. DICOMweb (PS3.18)",
+        "",
+        "Under `http.dicomweb_base` (default `/dicomweb`). Every request carries a facility's",
+        "API token (`Authorization: Bearer …`); the caller sees only its facility's data.",
+        "Searches use the query model of section 4 (same matching rules, same keys);",
+        "metadata is served from the index without opening files. Details, media types",
+        "and transfer syntax rules: `docs/dicomweb.md`.",
+        "",
+        *_rows(["method", "resource", "service"], rows),
+        "",
+    ]

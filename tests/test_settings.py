@@ -239,3 +239,20 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load_settings(tmp_path, {})
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.dicom = DicomSettings(port=1)  # type: ignore[misc]
+
+
+def test_every_setting_is_documented_and_in_the_default_file() -> None:
+    """docs/configuration.md and DEFAULT_TOML name every key of every section."""
+    import dataclasses
+    from pathlib import Path
+
+    from coffre import settings
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    missing = [
+        f"[{section}] {field.name}"
+        for section, cls in settings._SECTIONS.items()
+        for field in dataclasses.fields(cls)
+        if f"`{field.name}`" not in doc or f"\n{field.name} = " not in settings.DEFAULT_TOML
+    ]
+    assert missing == []

@@ -138,8 +138,9 @@ NATIVE: tuple[str, ...] = (
 #: Encapsulated syntaxes whose process may discard information (PS3.5 A.4.1 processes
 #: 1 and 2-4, A.4.3 near-lossless, A.4.4 and A.4.6 irreversible JPEG 2000). Decoding
 #: them to native is allowed; re-encoding them in a compressed syntax is not.
+#: lossy image syntaxes (video excluded), from the transfer syntax table
 LOSSY: frozenset[str] = frozenset(
-    {JPEG_BASELINE_8BIT, JPEG_EXTENDED_12BIT, JPEG_LS_NEAR_LOSSLESS, JPEG_2000, HTJ2K}
+    ts.uid for ts in transfer_syntaxes.ACCEPTED_TRANSFER_SYNTAXES if ts.lossy and not ts.video
 )
 
 #: Lossy Image Compression Method (PS3.3 C.7.6.1.1.5.1) of each lossy syntax.

@@ -51,10 +51,12 @@ class TransferSyntax:
     #: encapsulated video (PS3.5 8.2.5): the fragments form one stream, not frames
     video: bool = False
     retired: bool = False
+    #: the compression may lose information (PS3.5 8.2); the lossless syntaxes are preferred
+    lossy: bool = False
 
 
-def _enc(uid: str, name: str, *, video: bool = False) -> TransferSyntax:
-    return TransferSyntax(uid, name, encapsulated=True, video=video)
+def _enc(uid: str, name: str, *, video: bool = False, lossy: bool = False) -> TransferSyntax:
+    return TransferSyntax(uid, name, encapsulated=True, video=video, lossy=lossy or video)
 
 
 ACCEPTED_TRANSFER_SYNTAXES: tuple[TransferSyntax, ...] = (
@@ -66,17 +68,17 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[TransferSyntax, ...] = (
     TransferSyntax(
         EXPLICIT_VR_BIG_ENDIAN, "Explicit VR Big Endian", little_endian=False, retired=True
     ),
-    _enc(JPEG_BASELINE_8BIT, "JPEG Baseline (Process 1)"),
-    _enc(JPEG_EXTENDED_12BIT, "JPEG Extended (Process 2 & 4)"),
+    _enc(JPEG_BASELINE_8BIT, "JPEG Baseline (Process 1)", lossy=True),
+    _enc(JPEG_EXTENDED_12BIT, "JPEG Extended (Process 2 & 4)", lossy=True),
     _enc(JPEG_LOSSLESS, "JPEG Lossless, Non-Hierarchical (Process 14)"),
     _enc(JPEG_LOSSLESS_SV1, "JPEG Lossless, Non-Hierarchical, First-Order Prediction (SV1)"),
     _enc(JPEG_LS_LOSSLESS, "JPEG-LS Lossless Image Compression"),
-    _enc(JPEG_LS_NEAR_LOSSLESS, "JPEG-LS Lossy (Near-Lossless) Image Compression"),
+    _enc(JPEG_LS_NEAR_LOSSLESS, "JPEG-LS Lossy (Near-Lossless) Image Compression", lossy=True),
     _enc(JPEG_2000_LOSSLESS, "JPEG 2000 Image Compression (Lossless Only)"),
-    _enc(JPEG_2000, "JPEG 2000 Image Compression"),
+    _enc(JPEG_2000, "JPEG 2000 Image Compression", lossy=True),
     _enc(HTJ2K_LOSSLESS, "High-Throughput JPEG 2000 Image Compression (Lossless Only)"),
     _enc(HTJ2K_LOSSLESS_RPCL, "High-Throughput JPEG 2000 with RPCL Options (Lossless Only)"),
-    _enc(HTJ2K, "High-Throughput JPEG 2000 Image Compression"),
+    _enc(HTJ2K, "High-Throughput JPEG 2000 Image Compression", lossy=True),
     _enc(RLE_LOSSLESS, "RLE Lossless"),
     _enc(MPEG2_MPML, "MPEG2 Main Profile / Main Level", video=True),
     _enc(MPEG2_MPHL, "MPEG2 Main Profile / High Level", video=True),
@@ -107,6 +109,11 @@ def get(uid: str) -> TransferSyntax:
 def is_encapsulated(uid: str) -> bool:
     """Pixel data in fragments (PS3.5 A.4). Raises for a syntax the archive does not accept."""
     return get(uid).encapsulated
+
+
+def is_lossy(uid: str) -> bool:
+    """True for lossy image compression and for video (PS3.5 8.2)."""
+    return get(uid).lossy
 
 
 def is_video(uid: str) -> bool:

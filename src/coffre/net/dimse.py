@@ -49,13 +49,6 @@ _REJECT_PERMANENT, _SOURCE_SERVICE_USER = 0x01, 0x01
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
 
-#: lossy syntaxes (PS3.5 8.2); the lossless ones are preferred when a peer offers both
-_LOSSY = frozenset({
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
-    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203",
-})
-
-
 def preferred_order() -> list[str]:
     """The order in which the archive picks a transfer syntax among a peer's proposals.
 
@@ -69,7 +62,7 @@ def preferred_order() -> list[str]:
         index = ACCEPTED_TRANSFER_SYNTAXES.index(ts)
         if ts.video:
             return 5, index
-        if ts.uid in _LOSSY:
+        if ts.lossy:
             return 4, index
         if ts.encapsulated:
             return 0, index

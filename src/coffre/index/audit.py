@@ -43,7 +43,8 @@ def insert_event(
     detail: Mapping[str, Any],
 ) -> None:
     conn.execute(
-        audit_event.insert().values(
+        audit_event.insert(),
+        dict(
             at=at,
             action=action,
             outcome=outcome,

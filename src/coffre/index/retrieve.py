@@ -75,7 +75,10 @@ def locate(conn: Connection, query: Query, scope: Scope) -> Iterator[InstanceRef
         return
     stmt = stmt.where(*conditions)
     if scope.facility_ids is not None:
-        stmt = stmt.where(instance.c.facility_id.in_(sorted(scope.facility_ids)))
+        # on every joined table, so that the (facility_id, UID) unique indexes serve the
+        # lookup (without it SQLite walked every instance of the facility: 50-80 ms at 20k)
+        ids = sorted(scope.facility_ids)
+        stmt = stmt.where(*(t.c.facility_id.in_(ids) for t in (instance, series, study, patient)))
     for r in conn.execute(stmt.execution_options(yield_per=500)):
         yield InstanceRef(
             id=r.id,

@@ -145,8 +145,14 @@ def handle_move(event: Any, ctx: Context, actor: Actor | None) -> Iterator[Any]:
         if event.is_cancelled:
             yield CANCEL, None
             return
+        sub = holder.get("assoc")
+        if sub is not None and not sub.is_established:
+            # the destination went away (aborted, timed out): the remaining sub-operations
+            # cannot be performed, so stop instead of reading every remaining instance
+            log.warning("C-MOVE destination %s dropped the association", destination.ae_title)
+            yield failure_status(0xA702, "move destination association lost"), None
+            return
         if accepted is None:
-            sub = holder.get("assoc")
             accepted = accepted_for_sending(sub) if sub is not None else {}
         yield PENDING, payload(ctx, ref, accepted)
 

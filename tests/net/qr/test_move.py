@@ -206,38 +206,3 @@ def test_move_cancel_midway(qr: QR, scp: Callable[..., StoreSCP]) -> None:
     assert echo(qr.port) == SUCCESS
     qr.assert_no_traceback()
 
-
-def test_move_stops_when_the_destination_aborts(qr: QR) -> None:
-    """A destination that aborts mid-way: the move ends with 0xA702 at once, the server
-    does not keep reading the remaining instances, and it keeps serving."""
-    from pydicom.dataset import Dataset
-    from pynetdicom import AE, evt
-    from pynetdicom.presentation import AllStoragePresentationContexts
-
-    received: list[str] = []
-
-    def on_store(event: evt.Event) -> int:
-        received.append(str(event.request.AffectedSOPInstanceUID))
-        if len(received) == 3:
-            event.assoc.abort()
-        return 0x0000
-
-    ae = AE(ae_title="DEST_A")
-    ae.supported_contexts = AllStoragePresentationContexts
-    server = ae.start_server(("127.0.0.1", qr.ports["DEST_A"]), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    try:
-        ident = Dataset()
-        ident.QueryRetrieveLevel = "STUDY"
-        ident.StudyInstanceUID = qr.corpus.studies["ST6"]
-        contexts = [(STUDY_ROOT_MOVE, [ExplicitVRLittleEndian])]
-        with association(qr.port, "PACS_A", contexts=contexts) as assoc:
-            responses = [s for s, _ in assoc.send_c_move(ident, "DEST_A", STUDY_ROOT_MOVE)]
-    finally:
-        server.shutdown()
-    final = responses[-1]
-    assert int(final.Status) == 0xA702, [hex(int(s.Status)) for s in responses]
-    assert len(received) == 3
-    assert len(responses) < BULK  # not one pending response per remaining instance
-    assert echo(qr.port) == SUCCESS
-    qr.assert_no_traceback()

@@ -21,3 +21,31 @@ def test_unknown_route_is_a_json_404(client: TestClient) -> None:
     response = client.get("/nowhere")
     assert response.status_code == 404
     assert response.json()["error"] == "HTTPError"
+
+
+def test_cors_is_off_by_default(client: TestClient, web) -> None:  # type: ignore[no-untyped-def]
+    response = client.get("/dicomweb/studies", headers={**web.headers(), "Origin": "https://viewer.example"})
+    assert response.status_code == 200
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_cors_allows_the_configured_origin_only(database, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import build_web_archive  # tests/web/conftest.py
+
+    from coffre.web.http import create_app
+
+    web = build_web_archive(database, tmp_path, cors_origins="https://viewer.example")
+    with TestClient(create_app(web.ctx)) as cors_client:
+        preflight = cors_client.options(
+            "/dicomweb/studies/1.2.3/metadata",
+            headers={"Origin": "https://viewer.example", "Access-Control-Request-Method": "GET",
+                     "Access-Control-Request-Headers": "authorization"},
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://viewer.example"
+        assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+        answer = cors_client.get("/dicomweb/studies", headers={**web.headers(), "Origin": "https://viewer.example"})
+        assert answer.headers["access-control-allow-origin"] == "https://viewer.example"
+        assert "warning" in answer.headers["access-control-expose-headers"].lower()
+        other = cors_client.get("/dicomweb/studies", headers={**web.headers(), "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

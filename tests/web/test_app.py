@@ -31,7 +31,7 @@ def test_cors_is_off_by_default(client: TestClient, web) -> None:  # type: ignor
 
 def test_cors_allows_the_configured_origin_only(database, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from coffre.web.http import create_app
-    from conftest import build_web_archive  # tests/web/conftest.py
+    from web.conftest import build_web_archive
 
     web = build_web_archive(database, tmp_path, cors_origins="https://viewer.example")
     with TestClient(create_app(web.ctx)) as cors_client:

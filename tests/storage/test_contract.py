@@ -217,3 +217,11 @@ def test_concurrent_puts_same_key_one_winner(store: BlobStore) -> None:
     assert outcomes.count("exists") == 7
     assert store.read(key) == bytes([int(winners[0][2:])]) * 1000
     assert list(store.keys()) == [key]
+
+
+def test_successful_puts_leave_no_incomplete_writes(store: BlobStore) -> None:
+    for i in range(5):
+        store.put(f"site-a/{i:032x}", b"x" * i)
+    assert store.incomplete_writes() == []
+    assert store.remove_incomplete_writes(0) == 0
+    assert len(list(store.keys())) == 5

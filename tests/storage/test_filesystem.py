@@ -302,3 +302,16 @@ def test_file_fsync_failure_removes_temp(
     assert list(store.temp_files()) == []
     assert not store.exists(KEY)
     assert all_files(root) == []
+
+
+def test_a_crashed_put_is_an_incomplete_write_until_removed(store: FileSystemBlobStore) -> None:
+    store.put("site-a/" + "a" * 32, b"kept")
+    folder = store.path_for("site-a/" + "a" * 32).parent
+    crashed = folder / ".tmp-0123456789abcdef0123456789abcdef"
+    crashed.write_bytes(b"half")
+    old = time.time() - 3600
+    os.utime(crashed, (old, old))
+    assert store.incomplete_writes() == [crashed.name]
+    assert store.remove_incomplete_writes(600) == 1
+    assert store.incomplete_writes() == []
+    assert store.read("site-a/" + "a" * 32) == b"kept"

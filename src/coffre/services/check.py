@@ -100,13 +100,9 @@ def check(
     for key in ctx.blobs.keys():
         if key not in known:
             report.orphans.append(key)
-    leftovers = getattr(ctx.blobs, "temp_files", None)
-    temp_files = list(leftovers()) if leftovers else []
-    report.temp_files = [path.name for path in temp_files]
+    report.temp_files = ctx.blobs.incomplete_writes()
     if repair:
-        remove_temp = getattr(ctx.blobs, "remove_stale_temp_files", None)
-        if remove_temp is not None:
-            report.repaired += int(remove_temp(grace_seconds))
+        report.repaired += ctx.blobs.remove_incomplete_writes(grace_seconds)
         for row in stale:
             ctx.blobs.delete(row.blob_key)
             with ctx.db.write() as tx:

@@ -62,6 +62,14 @@ class BlobStore(Protocol):
         """Every stored key (for reconciliation); in no particular order."""
         ...
 
+    def incomplete_writes(self) -> list[str]:
+        """Names of partial writes left behind (a crash inside ``put``), for reconciliation."""
+        ...
+
+    def remove_incomplete_writes(self, older_than_seconds: float) -> int:
+        """Remove partial writes older than the given age; how many were removed."""
+        ...
+
     def local_path(self, key: str) -> Path | None:
         """A local file holding the blob's bytes, if the backend has one (zero-copy sends)."""
         ...

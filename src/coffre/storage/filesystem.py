@@ -223,6 +223,12 @@ class FileSystemBlobStore:
                 if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
                     yield Path(entry.path)
 
+    def incomplete_writes(self) -> list[str]:
+        return [path.name for path in self.temp_files()]
+
+    def remove_incomplete_writes(self, older_than_seconds: float) -> int:
+        return self.remove_stale_temp_files(older_than_seconds)
+
     def remove_stale_temp_files(
         self, older_than_seconds: float, *, now: float | None = None
     ) -> int:

@@ -51,6 +51,13 @@ class MemoryBlobStore:
         with self._lock:
             self._blobs.pop(key, None)
 
+    def incomplete_writes(self) -> list[str]:
+        """A memory put is atomic: it never leaves a partial write."""
+        return []
+
+    def remove_incomplete_writes(self, older_than_seconds: float) -> int:
+        return 0
+
     def local_path(self, key: str) -> Path | None:
         """Memory blobs have no file."""
         check_key(key)

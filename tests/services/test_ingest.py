@@ -146,7 +146,7 @@ def test_invalid_objects_leave_nothing(ctx: Context, modality: Actor, case: str)
 
 
 class _FailingPut(MemoryBlobStore):
-    def put(self, key, data):  # type: ignore[override]
+    def put(self, key, data, *, sha256=None):  # type: ignore[override]
         raise StorageFailure("disk full")
 
 

@@ -225,3 +225,11 @@ def test_successful_puts_leave_no_incomplete_writes(store: BlobStore) -> None:
     assert store.incomplete_writes() == []
     assert store.remove_incomplete_writes(0) == 0
     assert len(list(store.keys())) == 5
+
+
+def test_a_given_digest_is_recorded_and_the_bytes_are_stored(store: BlobStore) -> None:
+    data = b"pixels" * 1000
+    digest = hashlib.sha256(data).hexdigest()
+    info = store.put("site-a/" + "b" * 32, data, sha256=digest)
+    assert (info.sha256, info.size) == (digest, len(data))
+    assert store.read("site-a/" + "b" * 32) == data

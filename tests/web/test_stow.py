@@ -535,7 +535,7 @@ class _FailingBlobs:
     def __init__(self, real: Any) -> None:
         self.real = real
 
-    def put(self, key: str, data: bytes) -> Any:
+    def put(self, key: str, data: bytes, *, sha256: str | None = None) -> Any:
         raise OSError(28, "No space left on device")
 
     def __getattr__(self, name: str) -> Any:

@@ -597,8 +597,8 @@ class SpyBlobs:
         self.opened = 0
         self.whole_reads = 0
 
-    def put(self, key: str, data: bytes) -> BlobInfo:
-        return self.inner.put(key, data)
+    def put(self, key: str, data: bytes, *, sha256: str | None = None) -> BlobInfo:
+        return self.inner.put(key, data, sha256=sha256)
 
     def open(self, key: str) -> BinaryIO:
         self.opened += 1

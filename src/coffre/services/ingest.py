@@ -90,7 +90,7 @@ def ingest(
         )
     written = False
     try:
-        ctx.blobs.put(key, data)
+        ctx.blobs.put(key, data, sha256=sha256)
         written = True
         with ctx.db.write() as tx:
             committed = index.commit_instance(

@@ -42,8 +42,13 @@ class BlobInfo:
 class BlobStore(Protocol):
     """The small port every backend implements (filesystem, memory, later S3)."""
 
-    def put(self, key: str, data: bytes) -> BlobInfo:
-        """Durably store ``data`` under a new ``key``; fails if the key exists."""
+    def put(self, key: str, data: bytes, *, sha256: str | None = None) -> BlobInfo:
+        """Durably store ``data`` under a new ``key``; fails if the key exists.
+
+        ``sha256``: the caller's digest of ``data``, when it has one already (ingest
+        hashes before storing, to find duplicates); the store then does not hash again.
+        ``coffre check`` verifies every stored blob against the recorded digest anyway.
+        """
         ...
 
     def open(self, key: str) -> BinaryIO:

@@ -25,10 +25,11 @@ class MemoryBlobStore:
         self._blobs: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
-    def put(self, key: str, data: bytes) -> BlobInfo:
+    def put(self, key: str, data: bytes, *, sha256: str | None = None) -> BlobInfo:
         check_key(key)
         content = bytes(data)  # a caller's bytearray/memoryview must not alias the store
-        info = BlobInfo(key=key, size=len(content), sha256=hashlib.sha256(content).hexdigest())
+        digest = sha256 if sha256 is not None else hashlib.sha256(content).hexdigest()
+        info = BlobInfo(key=key, size=len(content), sha256=digest)
         with self._lock:
             if key in self._blobs:
                 raise AlreadyExists(f"blob {key} already exists")

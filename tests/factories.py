@@ -34,20 +34,16 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import (
     UID,
-    ComputedRadiographyImageStorage,
-    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
-    DigitalMammographyXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForPresentation,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    MRImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
     generate_uid,
 )
+
+from coffre.dicom.synthetic import MODALITY_SOP
 
 __all__ = [
     "COMPRESSED_TEST_FILE_NAMES",
@@ -68,14 +64,8 @@ __all__ = [
     "without",
 ]
 
-MODALITY_SOP_CLASSES: dict[str, UID] = {
-    "CT": CTImageStorage,
-    "MR": MRImageStorage,
-    "CR": ComputedRadiographyImageStorage,
-    "DX": DigitalXRayImageStorageForPresentation,
-    "MG": DigitalMammographyXRayImageStorageForPresentation,
-    "US": UltrasoundImageStorage,
-}
+#: the SOP class of each synthetic modality, from the project's own table
+MODALITY_SOP_CLASSES: dict[str, UID] = {m: UID(sop) for m, (sop, *_rest) in MODALITY_SOP.items()}
 
 _NATIVE = {
     ExplicitVRLittleEndian,

@@ -42,6 +42,18 @@ class Node:
         return permission in self.permissions
 
 
+class Role(enum.StrEnum):
+    """What a user does in the territory (docs/security.md has the policy table)."""
+
+    RADIOLOGIST = "radiologist"
+    CLINICIAN = "clinician"
+    TECHNOLOGIST = "technologist"
+    FACILITY_ADMIN = "facility-admin"
+    IDENTITY_MANAGER = "identity-manager"
+    AUDITOR = "auditor"
+    TERRITORY_ADMIN = "territory-admin"
+
+
 class ActorKind(enum.StrEnum):
     NODE = "node"
     #: an HTTP client holding a facility's API token
@@ -62,10 +74,31 @@ class Actor:
     node: Node | None = None
     #: what a node or client may do (the system actor is not limited by this)
     permissions: frozenset[Permission] = frozenset()
+    #: a user's roles (in every facility it belongs to)
+    roles: frozenset[Role] = frozenset()
+    #: every facility a user belongs to (``facility`` is the one it acts for)
+    facilities: tuple[Facility, ...] = ()
+    #: a user's stable identifier: built-in user name, or "<issuer>#<sub>" for OIDC
+    subject: str = ""
+    #: the identifier of the access token (its "jti"), for revocation and audit
+    token_id: str = ""
+    #: admitted over DICOM TLS with the node's bound client certificate
+    tls: bool = False
 
     @property
     def facility_id(self) -> int | None:
         return self.facility.id if self.facility else None
+
+    @property
+    def facility_ids(self) -> frozenset[int]:
+        """Every facility whose own data the actor reaches by role or permission."""
+        ids = {f.id for f in self.facilities}
+        if self.facility is not None:
+            ids.add(self.facility.id)
+        return frozenset(ids)
+
+    def has(self, role: Role) -> bool:
+        return role in self.roles
 
     @staticmethod
     def system(name: str = "coffre", facility: Facility | None = None) -> Actor:
@@ -86,6 +119,20 @@ class Actor:
     def for_client(name: str, facility: Facility, permissions: frozenset[Permission], address: str) -> Actor:
         return Actor(kind=ActorKind.CLIENT, name=name, facility=facility, address=address,
                      permissions=permissions)
+
+    @staticmethod
+    def for_user(
+        subject: str,
+        name: str,
+        roles: frozenset[Role],
+        facilities: tuple[Facility, ...],
+        address: str,
+        token_id: str = "",
+    ) -> Actor:
+        """A user acting for the first of its facilities (all of them are its own)."""
+        return Actor(kind=ActorKind.USER, name=name, facility=facilities[0] if facilities else None,
+                     address=address, roles=roles, facilities=facilities, subject=subject,
+                     token_id=token_id)
 
     def describe(self) -> str:
         """A short, patient-free label for logs and audit."""

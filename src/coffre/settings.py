@@ -103,6 +103,78 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    #: Lifetime of the access tokens Coffre signs for built-in users, seconds.
+    token_ttl_seconds: int = 900
+    #: PEM private key (Ed25519) signing those tokens; empty means DATA/secrets/token-signing-key.pem,
+    #: created on first use with mode 0600.
+    signing_key_file: str = ""
+    #: "iss" and "aud" of the tokens Coffre signs.
+    token_issuer: str = "coffre"  # noqa: S105 - a claim value, not a secret
+    token_audience: str = "coffre"  # noqa: S105 - a claim value, not a secret
+    #: An OpenID Connect provider whose access tokens are accepted ("" = none).
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    #: Its JWKS document (keys by "kid"); fetched at first use and cached.
+    oidc_jwks_url: str = ""
+    oidc_jwks_cache_seconds: int = 300
+    #: Signature algorithms accepted from the provider, comma-separated (never "none" or HS*).
+    oidc_algorithms: str = "RS256,ES256"
+    #: Claims holding the user name, the roles (list) and the facility slugs (list).
+    oidc_username_claim: str = "preferred_username"
+    oidc_roles_claim: str = "roles"
+    oidc_facilities_claim: str = "facilities"
+    #: How long a token revocation may take to reach every process, seconds (≤ 10).
+    revocation_cache_seconds: float = 5.0
+    #: Wrong passwords in a row before a built-in user is locked, and for how long.
+    max_failed_logins: int = 5
+    lockout_seconds: int = 900
+
+
+@dataclass(frozen=True, slots=True)
+class TerritorySettings:
+    #: "grant-required": another facility's data needs a grant; "shared": the territory's
+    #: care teams see each other's data unless the person opposed sharing.
+    policy: str = "grant-required"
+    #: Duration of a break-the-glass access, minutes.
+    break_glass_minutes: int = 240
+    #: Longest care relationship a clinician may record, days.
+    care_relationship_max_days: int = 365
+    #: Default duration of a reading assignment, days.
+    reading_assignment_days: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    #: Run a DICOM TLS listener (PS3.15 B.9 / B.12) beside the plain one.
+    enabled: bool = False
+    port: int = 2762
+    #: PEM certificate chain and private key of the archive.
+    certificate: str = ""
+    private_key: str = ""
+    #: PEM bundle of the CAs that issue the nodes' client certificates.
+    ca_certificates: str = ""
+    #: Lowest TLS version accepted: "1.2" or "1.3".
+    min_version: str = "1.2"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    #: External audit repository (DICOM PS3.15 A.5 messages over syslog, RFC 5424); "" = none.
+    syslog_host: str = ""
+    syslog_port: int = 6514
+    #: "tls" (RFC 5425), "tcp" (RFC 6587 octet counting) or "udp" (RFC 5426).
+    syslog_transport: str = "tls"
+    #: PEM CA bundle to verify the repository's certificate ("" = the system's).
+    syslog_ca: str = ""
+    #: Seconds between two attempts to drain the spool.
+    syslog_interval_seconds: float = 2.0
+    #: AuditSourceID and AuditEnterpriseSiteID of the messages (PS3.15 A.5.1).
+    source_id: str = "COFFRE"
+    enterprise_site_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
@@ -111,6 +183,16 @@ class Settings:
     index: IndexSettings = field(default_factory=IndexSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    territory: TerritorySettings = field(default_factory=TerritorySettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+
+    @property
+    def signing_key_path(self) -> Path:
+        if self.security.signing_key_file:
+            return Path(self.security.signing_key_file)
+        return self.data_dir / "secrets" / "token-signing-key.pem"
 
     @property
     def index_url(self) -> str:
@@ -130,9 +212,14 @@ _SECTIONS: dict[str, type[Any]] = {
     "index": IndexSettings,
     "storage": StorageSettings,
     "limits": LimitsSettings,
+    "security": SecuritySettings,
+    "territory": TerritorySettings,
+    "tls": TlsSettings,
+    "audit": AuditSettings,
 }
 
 
+_ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -200,6 +287,34 @@ def _validate(section: str, obj: Any) -> None:
         raise ConfigurationError("[dicom] timeouts and max_pdu must not be negative")
     if section == "storage" and obj.backend != "filesystem":
         raise ConfigurationError("[storage] backend must be 'filesystem'")
+    if section == "security":
+        algorithms = {a.strip() for a in obj.oidc_algorithms.split(",") if a.strip()}
+        if not algorithms or not algorithms <= _ASYMMETRIC:
+            raise ConfigurationError(f"[security] oidc_algorithms must be among {', '.join(sorted(_ASYMMETRIC))}")
+        if obj.token_ttl_seconds <= 0 or not 0 <= obj.revocation_cache_seconds <= 10:
+            raise ConfigurationError("[security] token_ttl_seconds > 0 and revocation_cache_seconds 0-10")
+        if obj.max_failed_logins <= 0 or obj.lockout_seconds <= 0 or obj.oidc_jwks_cache_seconds <= 0:
+            raise ConfigurationError("[security] login limits and caches must be positive")
+        if bool(obj.oidc_issuer) != bool(obj.oidc_jwks_url) or (obj.oidc_issuer and not obj.oidc_audience):
+            raise ConfigurationError("[security] oidc_issuer, oidc_audience and oidc_jwks_url go together")
+    if section == "territory":
+        if obj.policy not in {"grant-required", "shared"}:
+            raise ConfigurationError("[territory] policy must be 'grant-required' or 'shared'")
+        for name in ("break_glass_minutes", "care_relationship_max_days", "reading_assignment_days"):
+            if getattr(obj, name) <= 0:
+                raise ConfigurationError(f"[territory] {name} must be positive")
+    if section == "tls":
+        if obj.min_version not in {"1.2", "1.3"}:
+            raise ConfigurationError("[tls] min_version must be '1.2' or '1.3'")
+        if not 0 <= obj.port <= 65535:
+            raise ConfigurationError("[tls] port must be 0-65535")
+        if obj.enabled and not (obj.certificate and obj.private_key and obj.ca_certificates):
+            raise ConfigurationError("[tls] enabled needs certificate, private_key and ca_certificates")
+    if section == "audit":
+        if obj.syslog_transport not in {"tls", "tcp", "udp"}:
+            raise ConfigurationError("[audit] syslog_transport must be tls, tcp or udp")
+        if not 0 <= obj.syslog_port <= 65535 or obj.syslog_interval_seconds <= 0:
+            raise ConfigurationError("[audit] syslog_port 0-65535 and a positive interval")
     if section == "limits":
         for f in dataclasses.fields(obj):
             if getattr(obj, f.name) <= 0:
@@ -306,4 +421,65 @@ bulk_data_threshold = 4096
 max_query_results = 10000
 # Largest decoded pixel data a transcoding on retrieve may produce, bytes.
 max_decoded_bytes = 1073741824
+
+[security]
+# Access tokens Coffre signs for its built-in users: lifetime in seconds, signing key
+# (Ed25519 PEM; empty: DATA/secrets/token-signing-key.pem, created with mode 0600),
+# and their "iss" and "aud" claims.
+token_ttl_seconds = 900
+signing_key_file = ""
+token_issuer = "coffre"
+token_audience = "coffre"
+# An OpenID Connect provider (e.g. Keycloak) whose access tokens are accepted.
+# Empty: none. Issuer, audience and JWKS URL go together.
+oidc_issuer = ""
+oidc_audience = ""
+oidc_jwks_url = ""
+oidc_jwks_cache_seconds = 300
+# Accepted signature algorithms (asymmetric only: never "none" or HS256).
+oidc_algorithms = "RS256,ES256"
+# Claims holding the user name, the roles and the facility slugs.
+oidc_username_claim = "preferred_username"
+oidc_roles_claim = "roles"
+oidc_facilities_claim = "facilities"
+# A revoked token is refused everywhere within this many seconds (at most 10).
+revocation_cache_seconds = 5.0
+# Wrong passwords in a row before a built-in user is locked, and for how long (s).
+max_failed_logins = 5
+lockout_seconds = 900
+
+[territory]
+# "grant-required": another facility's data needs a grant (care relationship, reading
+# assignment, share link, break-the-glass). "shared": care teams of the territory see
+# each other's data unless the person opposed sharing.
+policy = "grant-required"
+# Break-the-glass access duration (minutes), longest care relationship (days),
+# default reading assignment (days).
+break_glass_minutes = 240
+care_relationship_max_days = 365
+reading_assignment_days = 30
+
+[tls]
+# DICOM TLS listener (PS3.15 B.9 / B.12), beside the plain one. Nodes present a client
+# certificate issued by one of ca_certificates and bound to the node.
+enabled = false
+port = 2762
+certificate = ""
+private_key = ""
+ca_certificates = ""
+# Lowest TLS version: "1.2" or "1.3".
+min_version = "1.2"
+
+[audit]
+# External audit repository: DICOM PS3.15 A.5 audit messages over syslog (RFC 5424),
+# sent from a durable spool (the audit table itself). Empty host: no export.
+syslog_host = ""
+syslog_port = 6514
+# "tls" (RFC 5425), "tcp" (RFC 6587) or "udp" (RFC 5426).
+syslog_transport = "tls"
+syslog_ca = ""
+syslog_interval_seconds = 2.0
+# AuditSourceID and AuditEnterpriseSiteID of the messages.
+source_id = "COFFRE"
+enterprise_site_id = ""
 """

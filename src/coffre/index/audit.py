@@ -41,6 +41,7 @@ def insert_event(
     object_type: str,
     object_id: str,
     detail: Mapping[str, Any],
+    person_id: int | None = None,
 ) -> None:
     conn.execute(
         audit_event.insert(),
@@ -54,6 +55,7 @@ def insert_event(
             facility_id=facility_id,
             object_type=object_type,
             object_id=object_id[:128],
+            person_id=person_id,
             detail=json.dumps(dict(detail), sort_keys=True, separators=(",", ":")),
         )
     )
@@ -79,3 +81,7 @@ def list_events(conn: Connection, *, action: str | None = None, limit: int = 100
         )
         for r in conn.execute(query)
     ]
+
+
+def chain_unhashed(conn: Connection) -> None:
+    """Placeholder replaced by the hash chain (being written)."""

@@ -6,9 +6,12 @@ PS3.4 C.4.1.2.1 and C.6.1.1 / C.6.2.1 (the optional computed keys such as
 NumberOfStudyRelatedInstances or ModalitiesInStudy, C.6.1.1.3 / C.6.2.1.2).
 
 - One SELECT per query: the table of the query level joined to its parents.
-- Authorization is one predicate, ``<level table>.facility_id IN (…)`` from :class:`Scope`;
-  every row of a patient → study → series → instance chain belongs to one facility, so
-  the computed counts (correlated on the parent row) never include another facility.
+- Authorization is one predicate built from :class:`Scope` (:func:`scope_condition`): the
+  caller's own facilities, OR the persons and studies of other facilities it holds a
+  grant for. Every row of a patient → study → series → instance chain belongs to one
+  facility and one person, so the computed counts (correlated on the parent row) never
+  include rows outside the scope. Study-level grants (reading assignments) do not open
+  the PATIENT level, whose counts would reveal the person's other studies.
 - Every user value is a bound parameter. Wild cards use ``LIKE … ESCAPE '!'`` with
   ``%``, ``_`` and ``!`` escaped; on SQLite, whose LIKE folds ASCII case, case-sensitive
   wild cards (every VR but PN, C.2.2.2.4) use ``GLOB`` instead, with ``[`` escaped.
@@ -58,9 +61,54 @@ from coffre.index.schema import instance, patient, series, study
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Which facilities' data the caller may see; None = every facility (the system actor)."""
+    """What the caller may see, computed by ``services.access`` (the one place of rules).
+
+    ``facility_ids``: the caller's own facilities (None: every facility, the system
+    actor). ``person_ids``: persons whose data in any facility it may see (care
+    relationships, break-the-glass). ``study_pks``: single studies (reading
+    assignments). ``persons_except``: when not None, every person but these (the
+    "shared" territory policy, minus oppositions).
+    """
 
     facility_ids: frozenset[int] | None
+    person_ids: frozenset[int] = frozenset()
+    study_pks: frozenset[int] = frozenset()
+    persons_except: frozenset[int] | None = None
+
+    @property
+    def facilities_only(self) -> bool:
+        """True when the scope is a plain set of facilities (the fast path)."""
+        return not self.person_ids and not self.study_pks and self.persons_except is None
+
+    @staticmethod
+    def everything() -> Scope:
+        return Scope(facility_ids=None)
+
+    @staticmethod
+    def nothing() -> Scope:
+        return Scope(facility_ids=frozenset())
+
+
+def scope_condition(scope: Scope, level: Level) -> ColumnElement[bool] | None:
+    """The authorization predicate of ``scope`` on a SELECT over ``_joined(level)``.
+
+    None means no restriction (the system actor).
+    """
+    if scope.facility_ids is None:
+        return None
+    table = _TABLES[level]
+    ids = sorted(scope.facility_ids)
+    conditions: list[ColumnElement[bool]] = [table.c.facility_id.in_(ids)] if ids else []
+    if scope.person_ids:
+        conditions.append(patient.c.person_id.in_(sorted(scope.person_ids)))
+    if scope.persons_except is not None:
+        excluded = sorted(scope.persons_except)
+        conditions.append(patient.c.person_id.not_in(excluded) if excluded else patient.c.person_id.is_not(None))
+    if scope.study_pks and level is not Level.PATIENT:
+        conditions.append(study.c.id.in_(sorted(scope.study_pks)))
+    if not conditions:
+        return false()
+    return conditions[0] if len(conditions) == 1 else or_(*conditions)
 
 
 Row = dict[int, str | int | list[str] | None]
@@ -341,9 +389,9 @@ def _compiled(
         condition = _condition(f, query, dialect)
         if condition is not None:
             stmt = stmt.where(condition)
-    if scope.facility_ids is not None:
-        ids = sorted(scope.facility_ids)
-        stmt = stmt.where(table.c.facility_id.in_(ids) if ids else false())
+    allowed = scope_condition(scope, query.level)
+    if allowed is not None:
+        stmt = stmt.where(allowed)
     stmt = stmt.order_by(table.c.id)
     if query.limit is not None:
         stmt = stmt.limit(query.limit)

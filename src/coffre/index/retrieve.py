@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, Connection, false, select
 
+from coffre.dicom.attributes import Level
 from coffre.dicom.query import Filter, Match, Query
-from coffre.index.query import Scope
+from coffre.index.query import Scope, scope_condition
 from coffre.index.schema import instance, patient, series, study
 
 _COLUMNS = {
@@ -38,6 +39,9 @@ class InstanceRef:
     transfer_syntax_uid: str
     blob_key: str
     size: int
+    #: the local identity (patient row) and the person the instance belongs to
+    patient_pk: int = 0
+    person_id: int | None = None
 
 
 def _condition(f: Filter) -> ColumnElement[bool] | None:
@@ -64,6 +68,8 @@ def locate(conn: Connection, query: Query, scope: Scope) -> Iterator[InstanceRef
             instance.c.transfer_syntax_uid,
             instance.c.blob_key,
             instance.c.size,
+            patient.c.id.label("patient_pk"),
+            patient.c.person_id,
         )
         .join(series, series.c.id == instance.c.series_pk)
         .join(study, study.c.id == series.c.study_pk)
@@ -74,11 +80,15 @@ def locate(conn: Connection, query: Query, scope: Scope) -> Iterator[InstanceRef
     if not conditions:
         return
     stmt = stmt.where(*conditions)
-    if scope.facility_ids is not None:
+    if scope.facility_ids is not None and scope.facilities_only:
         # on every joined table, so that the (facility_id, UID) unique indexes serve the
         # lookup (without it SQLite walked every instance of the facility: 50-80 ms at 20k)
         ids = sorted(scope.facility_ids)
         stmt = stmt.where(*(t.c.facility_id.in_(ids) for t in (instance, series, study, patient)))
+    else:
+        allowed = scope_condition(scope, Level.IMAGE)
+        if allowed is not None:
+            stmt = stmt.where(allowed)
     for r in conn.execute(stmt.execution_options(yield_per=500)):
         yield InstanceRef(
             id=r.id,
@@ -90,4 +100,6 @@ def locate(conn: Connection, query: Query, scope: Scope) -> Iterator[InstanceRef
             transfer_syntax_uid=r.transfer_syntax_uid,
             blob_key=r.blob_key,
             size=r.size,
+            patient_pk=r.patient_pk,
+            person_id=r.person_id,
         )

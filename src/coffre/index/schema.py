@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -28,6 +29,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
+    true,
 )
 from sqlalchemy.engine import Dialect
 
@@ -99,6 +102,8 @@ facility = Table(
     Column("name", String(200), nullable=False),
     Column("issuer", String(64), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    # when true, the facility's nodes are admitted only over DICOM TLS with their certificate
+    Column("require_tls", Boolean, nullable=False, server_default=false()),
 )
 
 node = Table(
@@ -113,6 +118,23 @@ node = Table(
     Column("permissions", String(100), nullable=False),
     Column("description", String(200), nullable=False, server_default=""),
     Column("created_at", UtcDateTime(), nullable=False),
+    # SHA-256 (hex) of the DER client certificate bound to the node; "" = none (PS3.15 B.9)
+    Column("tls_fingerprint", String(64), nullable=False, server_default=""),
+)
+
+# The territory's view of one human: a set of linked local identities (patient rows)
+# plus the national health identifier (INS) when a facility sent it qualified.
+person = Table(
+    "person",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    # the INS value and the OID of its assigning authority ("" = unknown)
+    Column("ins", String(64), nullable=False, server_default=""),
+    Column("ins_oid", String(64), nullable=False, server_default=""),
+    # set when this person was merged into another; its identities moved there
+    Column("merged_into", _ID, ForeignKey("person.id"), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index(None, "ins"),
 )
 
 patient = Table(
@@ -121,6 +143,8 @@ patient = Table(
     Column("id", _ID, primary_key=True, autoincrement=True),
     Column("facility_id", _ID, ForeignKey("facility.id"), nullable=False),
     *_attribute_columns(Level.PATIENT),
+    # the person this local identity belongs to (always set; a new person at ingest)
+    Column("person_id", _ID, ForeignKey("person.id"), nullable=True, index=True),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
     UniqueConstraint("facility_id", "issuer", "patient_id"),
@@ -236,6 +260,11 @@ audit_event = Table(
     Column("object_id", String(128), nullable=False, server_default=""),
     # JSON object; no patient demographics, only identifiers of archive objects
     Column("detail", Text, nullable=False, server_default="{}"),
+    # the hash chain: SHA-256 of (prev_hash, canonical event); see index/audit.py
+    Column("prev_hash", String(64), nullable=False, server_default=""),
+    Column("hash", String(64), nullable=False, server_default=""),
+    # the person whose data was accessed, for the patient access report (None = none)
+    Column("person_id", _ID, nullable=True, index=True),
     Index(None, "at"),
     Index(None, "facility_id", "at"),
 )
@@ -253,6 +282,117 @@ api_token = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("revoked_at", UtcDateTime(), nullable=True),
     UniqueConstraint("facility_id", "name"),
+)
+
+# Every change of a person link, with its provenance (who, when, why, evidence); the
+# history makes each change reversible (unlink/split restore the previous person).
+identity_event = Table(
+    "identity_event",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime(), nullable=False),
+    # create, link, unlink, merge, split, ins
+    Column("action", String(16), nullable=False),
+    Column("patient_pk", _ID, ForeignKey("patient.id"), nullable=True, index=True),
+    Column("from_person", _ID, ForeignKey("person.id"), nullable=True),
+    Column("to_person", _ID, ForeignKey("person.id"), nullable=True),
+    Column("actor", String(100), nullable=False),
+    Column("reason", String(500), nullable=False, server_default=""),
+    # JSON: what the decision rested on (qualified INS, demographics score, ...)
+    Column("evidence", Text, nullable=False, server_default="{}"),
+)
+
+# Possible matches found at ingest, for a human to decide (nothing merges silently).
+reconciliation_candidate = Table(
+    "reconciliation_candidate",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("patient_pk", _ID, ForeignKey("patient.id"), nullable=False, index=True),
+    Column("candidate_person", _ID, ForeignKey("person.id"), nullable=False, index=True),
+    Column("score", Integer, nullable=False),
+    Column("evidence", Text, nullable=False, server_default="{}"),
+    # open, linked, rejected
+    Column("status", String(16), nullable=False, server_default="open"),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("decided_at", UtcDateTime(), nullable=True),
+    Column("decided_by", String(100), nullable=False, server_default=""),
+    UniqueConstraint("patient_pk", "candidate_person"),
+    Index(None, "status", "created_at"),
+)
+
+# Built-in users (embedded mode). Users of an OpenID Connect provider are not stored.
+user_account = Table(
+    "user_account",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("display_name", String(200), nullable=False, server_default=""),
+    # argon2id hash (PHC string); "" = no password login
+    Column("password_hash", String(200), nullable=False, server_default=""),
+    # comma-separated values of model.Role, sorted
+    Column("roles", String(200), nullable=False),
+    Column("active", Boolean, nullable=False, server_default=true()),
+    Column("failed_logins", Integer, nullable=False, server_default="0"),
+    Column("locked_until", UtcDateTime(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+user_facility = Table(
+    "user_facility",
+    metadata,
+    Column("user_id", _ID, ForeignKey("user_account.id"), primary_key=True),
+    Column("facility_id", _ID, ForeignKey("facility.id"), primary_key=True),
+)
+
+# Revoked access tokens by their "jti"; kept until they would have expired anyway.
+revoked_token = Table(
+    "revoked_token",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("revoked_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False, index=True),
+)
+
+# A reason for an actor of a facility to see data of another facility (DESIGN words:
+# grant). kind: care (a care relationship with a person, for a facility), reading (a
+# reading assignment of one study, for a user or a facility), break-glass (one user,
+# one person, time-limited, reviewed afterwards), share (a share link).
+access_grant = Table(
+    "access_grant",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("person_id", _ID, ForeignKey("person.id"), nullable=True, index=True),
+    Column("study_pk", _ID, ForeignKey("study.id"), nullable=True, index=True),
+    Column("grantee_facility_id", _ID, ForeignKey("facility.id"), nullable=True, index=True),
+    # a user's subject (built-in username or the OIDC "sub"); "" = the whole facility
+    Column("grantee_user", String(200), nullable=False, server_default=""),
+    Column("granted_by", String(200), nullable=False),
+    Column("granted_by_facility_id", _ID, ForeignKey("facility.id"), nullable=True),
+    Column("reason", String(500), nullable=False, server_default=""),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+    Column("revoked_by", String(200), nullable=False, server_default=""),
+    # break-the-glass review by the facility's admin
+    Column("reviewed_at", UtcDateTime(), nullable=True),
+    Column("reviewed_by", String(200), nullable=False, server_default=""),
+    Column("review_note", String(500), nullable=False, server_default=""),
+    Index(None, "kind", "expires_at"),
+)
+
+# A person's opposition to sharing between facilities (recorded by any facility).
+opposition = Table(
+    "opposition",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("person_id", _ID, ForeignKey("person.id"), nullable=False, index=True),
+    Column("facility_id", _ID, ForeignKey("facility.id"), nullable=False),
+    Column("recorded_by", String(200), nullable=False),
+    Column("reason", String(500), nullable=False, server_default=""),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("withdrawn_at", UtcDateTime(), nullable=True),
+    Column("withdrawn_by", String(200), nullable=False, server_default=""),
 )
 
 # A tiny key/value table for archive-wide state (e.g. the demo marker).

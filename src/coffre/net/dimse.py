@@ -38,7 +38,7 @@ from coffre.net.find import MODELS, handle_find
 from coffre.net.retrieve import handle_get, handle_move
 from coffre.net.statuses import failure_status, store_success
 from coffre.services import facilities
-from coffre.services.access import Action, authorize
+from coffre.services.access import Action, Resource, authorize
 from coffre.services.ingest import ingest
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ class DimseServer:
         if actor is None:
             return 0x0124
         try:
-            authorize(actor, Action.ECHO, None)
+            authorize(actor, Action.ECHO, Resource(None))
         except CoffreError as exc:
             return int(exc.dimse_status)
         return 0x0000

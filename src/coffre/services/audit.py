@@ -27,6 +27,7 @@ def record(
     facility_id: int | None = None,
     object_type: str = "",
     object_id: str = "",
+    person_id: int | None = None,
     detail: Mapping[str, Any] | None = None,
 ) -> None:
     audit_index.insert_event(
@@ -40,6 +41,7 @@ def record(
         facility_id=facility_id if facility_id is not None else actor.facility_id,
         object_type=object_type,
         object_id=object_id,
+        person_id=person_id,
         detail=detail or {},
     )
 

@@ -30,7 +30,7 @@ from coffre.errors import CoffreError, NotAuthorized, SOPClassMismatch, StorageF
 from coffre.index import instances as index
 from coffre.model import Actor, Facility, IngestResult, IngestStatus
 from coffre.services import audit
-from coffre.services.access import Action, authorize
+from coffre.services.access import Action, Resource, authorize
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def ingest(
     if facility is None:
         raise NotAuthorized("the caller is not bound to a facility")
     try:
-        authorize(actor, Action.STORE, facility.id)
+        authorize(actor, Action.STORE, Resource(facility.id))
         parsed = _validate(ctx, data, expected_sop_class, expected_sop_instance)
     except CoffreError as exc:
         if audit_refusals:

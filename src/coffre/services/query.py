@@ -13,19 +13,11 @@ from pydicom.datadict import keyword_for_tag
 
 from coffre.app import Context
 from coffre.dicom.query import Query
-from coffre.index.query import Row, Scope, run_query
-from coffre.model import Actor, ActorKind
+from coffre.index.query import Row, run_query
+from coffre.model import Actor
 from coffre.services import audit
-from coffre.services.access import Action, authorize
-
-
-def scope_for(actor: Actor) -> Scope:
-    """The facilities whose data ``actor`` may see."""
-    if actor.kind is ActorKind.SYSTEM and actor.facility is None:
-        return Scope(facility_ids=None)
-    if actor.facility_id is None:
-        return Scope(facility_ids=frozenset())
-    return Scope(facility_ids=frozenset({actor.facility_id}))
+from coffre.services.access import Action, Resource, authorize
+from coffre.services.grants import scope_for
 
 
 def describe(query: Query) -> dict[str, object]:
@@ -38,9 +30,9 @@ def describe(query: Query) -> dict[str, object]:
 
 def find(ctx: Context, actor: Actor, query: Query, *, source: str) -> Iterator[Row]:
     """Rows matching ``query`` within the actor's scope, streamed in a read transaction."""
-    authorize(actor, Action.QUERY, actor.facility_id)
+    authorize(actor, Action.QUERY, Resource(None))
     with ctx.db.write() as tx:
         audit.record(ctx, tx, actor, "query", object_type=query.level.value.lower(),
                      detail={**describe(query), "source": source})
     with ctx.db.read() as tx:
-        yield from run_query(tx, query, scope_for(actor))
+        yield from run_query(tx, query, scope_for(ctx, tx, actor, Action.QUERY))

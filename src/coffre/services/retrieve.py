@@ -17,8 +17,9 @@ from coffre.index import facilities as facility_index
 from coffre.index.retrieve import InstanceRef, locate
 from coffre.model import Actor, Node, Permission
 from coffre.services import audit
-from coffre.services.access import Action, authorize
-from coffre.services.query import describe, scope_for
+from coffre.services.access import Action, Resource, authorize
+from coffre.services.grants import scope_for
+from coffre.services.query import describe
 
 
 class UnknownDestination(CoffreError):
@@ -46,9 +47,9 @@ def plan(
     ctx: Context, actor: Actor, query: Query, *, operation: str, destination: str = ""
 ) -> list[InstanceRef]:
     """The instances to send for a retrieve request, audited per study."""
-    authorize(actor, Action.RETRIEVE, actor.facility_id)
+    authorize(actor, Action.RETRIEVE, Resource(None))
     with ctx.db.read() as tx:
-        refs = list(locate(tx, query, scope_for(actor)))
+        refs = list(locate(tx, query, scope_for(ctx, tx, actor, Action.RETRIEVE)))
     studies = Counter(ref.study_instance_uid for ref in refs)
     with ctx.db.write() as tx:
         if not studies:

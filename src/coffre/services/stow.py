@@ -22,7 +22,7 @@ from coffre.dicom.uid import is_valid_uid
 from coffre.errors import CoffreError, NotAuthorized, SOPClassMismatch, StorageFailure
 from coffre.model import Actor, IngestStatus
 from coffre.services import audit
-from coffre.services.access import Action, authorize
+from coffre.services.access import Action, Resource, authorize
 from coffre.services.ingest import ingest
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def check_can_store(ctx: Context, actor: Actor) -> None:
     try:
         if actor.facility is None:
             raise NotAuthorized("the caller is not bound to a facility")
-        authorize(actor, Action.STORE, actor.facility_id)
+        authorize(actor, Action.STORE, Resource(actor.facility_id))
     except NotAuthorized as exc:
         _audit_refusal(ctx, actor, {"reason": exc.reason, "error": type(exc).__name__, "source": SOURCE})
         raise

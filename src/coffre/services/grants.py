@@ -1,0 +1,217 @@
+"""Grants: the audited reasons to see another facility's data (DESIGN words: grant).
+
+- A **care relationship** is recorded by a clinician of the treating facility for a
+  person, with an expiry (at most ``[territory] care_relationship_max_days``); every
+  actor of that facility (users with a care role, its PACS) then sees the person's
+  studies held elsewhere.
+- A **reading assignment** is given by a facility admin for one study of the facility,
+  to a user (by subject) or to another facility, for ``reading_assignment_days``.
+- **Break-the-glass**: a user with a care role states a reason and sees one person's
+  data for ``break_glass_minutes``, even against an opposition. It raises a security
+  alert (an audit event of outcome ``alert``, exported with syslog severity 1) and lands
+  in the review list of the admins of the facilities whose data it opens.
+- An **opposition to sharing** recorded for a person by any facility blocks every
+  cross-facility access but break-the-glass.
+
+:func:`load` gathers the grants in force for an actor; ``services.access`` turns them
+into decisions and query scopes.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from coffre.app import Context
+from coffre.errors import BadRequest, NotAuthorized, NotFound
+from coffre.index import grants as grant_index
+from coffre.index.engine import Tx
+from coffre.index.grants import GrantRow
+from coffre.index.persons import current_person, identities_of
+from coffre.index.query import Scope
+from coffre.model import Actor, ActorKind
+from coffre.services import audit
+from coffre.services.access import Action, Grants, Resource, authorize, scope
+
+log = logging.getLogger(__name__)
+
+MAX_REASON = 500
+
+
+def load(ctx: Context, tx: Tx, actor: Actor) -> Grants:
+    """The grants in force now for ``actor`` (none for the system actor, who needs none)."""
+    shared = ctx.settings.territory.policy == "shared"
+    if actor.kind is ActorKind.SYSTEM:
+        return Grants(shared=shared)
+    subject = actor.subject if actor.kind is ActorKind.USER else ""
+    active = grant_index.active_grants(tx, facility_ids=actor.facility_ids, subject=subject, now=ctx.clock())
+    reading_persons = {p for p in active.reading.values() if p is not None}
+    opposed = (
+        grant_index.opposed_persons(tx)
+        if shared
+        else grant_index.opposed_persons(tx, among=active.care | reading_persons)
+    )
+    return Grants(care=active.care, reading=frozenset(active.reading), break_glass=active.break_glass,
+                  opposed=opposed, reading_persons=active.reading, shared=shared)
+
+
+def scope_for(ctx: Context, tx: Tx, actor: Actor, action: Action) -> Scope:
+    """The query/retrieve scope of ``actor`` now: the one predicate of DESIGN 5."""
+    return scope(actor, action, load(ctx, tx, actor))
+
+
+def _reason(text: str) -> str:
+    reason = " ".join(text.split())
+    if not reason:
+        raise BadRequest("a reason is required")
+    if len(reason) > MAX_REASON:
+        raise BadRequest(f"the reason is longer than {MAX_REASON} characters")
+    return reason
+
+
+def _person(tx: Tx, person_id: int) -> tuple[int, set[int]]:
+    """The current person id and the facilities holding its identities."""
+    current = current_person(tx, person_id)
+    identities = identities_of(tx, current)
+    if not identities:
+        raise NotFound("person not found")
+    return current, {i.facility_id for i in identities}
+
+
+def record_care(ctx: Context, actor: Actor, person_id: int, *, days: int, reason: str) -> int:
+    """A care relationship of the actor's facility with a person; returns the grant id."""
+    limit = ctx.settings.territory.care_relationship_max_days
+    if not 0 < days <= limit:
+        raise BadRequest(f"a care relationship lasts 1 to {limit} days")
+    reason = _reason(reason)
+    now = ctx.clock()
+    with ctx.db.write() as tx:
+        current, _ = _person(tx, person_id)
+        authorize(actor, Action.RECORD_CARE, Resource(actor.facility_id, current))
+        grant_id = grant_index.insert_grant(
+            tx, kind="care", person_id=current, study_pk=None, grantee_facility_id=actor.facility_id,
+            grantee_user="", granted_by=actor.subject or actor.name, granted_by_facility_id=actor.facility_id,
+            reason=reason, created_at=now, expires_at=now + timedelta(days=days))
+        audit.record(ctx, tx, actor, "grant-care", object_type="grant", object_id=str(grant_id),
+                     person_id=current, detail={"days": days, "reason": reason})
+    return grant_id
+
+
+def break_glass(ctx: Context, actor: Actor, person_id: int, *, reason: str) -> int:
+    """Emergency access of one user to one person's data; audited as a security alert."""
+    reason = _reason(reason)
+    now = ctx.clock()
+    minutes = ctx.settings.territory.break_glass_minutes
+    if actor.kind is not ActorKind.USER:
+        raise NotAuthorized("only a user breaks the glass, with a stated reason")
+    with ctx.db.write() as tx:
+        current, holders = _person(tx, person_id)
+        authorize(actor, Action.BREAK_GLASS, Resource(actor.facility_id, current))
+        grant_id = grant_index.insert_grant(
+            tx, kind="break-glass", person_id=current, study_pk=None, grantee_facility_id=actor.facility_id,
+            grantee_user=actor.subject, granted_by=actor.subject, granted_by_facility_id=actor.facility_id,
+            reason=reason, created_at=now, expires_at=now + timedelta(minutes=minutes))
+        audit.record(ctx, tx, actor, "break-glass", outcome="alert", object_type="grant",
+                     object_id=str(grant_id), person_id=current,
+                     detail={"minutes": minutes, "reason": reason,
+                             "facilities": sorted(holders - actor.facility_ids)})
+    log.warning("security alert: break-the-glass grant %d by %s", grant_id, actor.describe())
+    return grant_id
+
+
+def assign_reading(
+    ctx: Context, actor: Actor, study_pk: int, *, user: str = "", facility_id: int | None = None,
+    days: int | None = None, reason: str = "reading assignment",
+) -> int:
+    """Assign one study of the actor's facility to a reader (a user subject or a facility)."""
+    if bool(user) == (facility_id is not None):
+        raise BadRequest("assign the study to one user or one facility")
+    days = days if days is not None else ctx.settings.territory.reading_assignment_days
+    if not 0 < days <= ctx.settings.territory.care_relationship_max_days:
+        raise BadRequest("invalid duration")
+    reason = _reason(reason)
+    now = ctx.clock()
+    with ctx.db.write() as tx:
+        owner = grant_index.study_owner(tx, study_pk)
+        if owner is None:
+            raise NotFound("study not found")
+        authorize(actor, Action.ASSIGN_READING, Resource(owner[0], owner[1], study_pk))
+        grant_id = grant_index.insert_grant(
+            tx, kind="reading", person_id=owner[1], study_pk=study_pk, grantee_facility_id=facility_id,
+            grantee_user=user, granted_by=actor.subject or actor.name, granted_by_facility_id=actor.facility_id,
+            reason=reason, created_at=now, expires_at=now + timedelta(days=days))
+        audit.record(ctx, tx, actor, "grant-reading", facility_id=owner[0], object_type="grant",
+                     object_id=str(grant_id), person_id=owner[1],
+                     detail={"days": days, "reader": user or f"facility:{facility_id}"})
+    return grant_id
+
+
+def record_opposition(ctx: Context, actor: Actor, person_id: int, *, reason: str) -> int:
+    """Record a person's opposition to sharing between facilities."""
+    reason = _reason(reason)
+    with ctx.db.write() as tx:
+        current, holders = _person(tx, person_id)
+        if actor.kind is not ActorKind.SYSTEM and not holders & actor.facility_ids:
+            raise NotFound("person not found")
+        authorize(actor, Action.RECORD_OPPOSITION, Resource(actor.facility_id, current))
+        facility_id = actor.facility_id if actor.facility_id is not None else min(holders)
+        opposition_id = grant_index.insert_opposition(
+            tx, person_id=current, facility_id=facility_id, recorded_by=actor.subject or actor.name,
+            reason=reason, at=ctx.clock())
+        audit.record(ctx, tx, actor, "opposition", object_type="opposition", object_id=str(opposition_id),
+                     person_id=current, detail={"reason": reason})
+    return opposition_id
+
+
+def withdraw_opposition(ctx: Context, actor: Actor, person_id: int) -> int:
+    """Withdraw a person's oppositions (at the person's request); returns how many."""
+    with ctx.db.write() as tx:
+        current, holders = _person(tx, person_id)
+        if actor.kind is not ActorKind.SYSTEM and not holders & actor.facility_ids:
+            raise NotFound("person not found")
+        authorize(actor, Action.RECORD_OPPOSITION, Resource(actor.facility_id, current))
+        count = grant_index.withdraw_oppositions(tx, current, at=ctx.clock(), by=actor.subject or actor.name)
+        audit.record(ctx, tx, actor, "opposition-withdrawn", object_type="person", object_id=str(current),
+                     person_id=current, detail={"withdrawn": count})
+    return count
+
+
+def revoke(ctx: Context, actor: Actor, grant_id: int) -> None:
+    """End a grant before its expiry (by whoever could have created it, or an admin)."""
+    with ctx.db.write() as tx:
+        grant = grant_index.get_grant(tx, grant_id)
+        if grant is None:
+            raise NotFound("grant not found")
+        action = {"care": Action.RECORD_CARE, "reading": Action.ASSIGN_READING,
+                  "break-glass": Action.REVIEW_BREAK_GLASS, "share": Action.SHARE}[grant.kind]
+        own = grant.granted_by == (actor.subject or actor.name)
+        if not own:
+            authorize(actor, action, Resource(grant.granted_by_facility_id))
+        grant_index.revoke_grant(tx, grant_id, at=ctx.clock(), by=actor.subject or actor.name)
+        audit.record(ctx, tx, actor, "grant-revoked", object_type="grant", object_id=str(grant_id),
+                     person_id=grant.person_id, detail={"kind": grant.kind})
+
+
+def break_glass_to_review(ctx: Context, actor: Actor, *, include_reviewed: bool = False) -> list[GrantRow]:
+    """Break-the-glass accesses into the actor's facilities' data, for their admins."""
+    authorize(actor, Action.REVIEW_BREAK_GLASS, Resource(actor.facility_id))
+    with ctx.db.read() as tx:
+        facility_ids = None if actor.kind is ActorKind.SYSTEM else actor.facility_ids
+        return grant_index.list_grants(tx, kind="break-glass", facility_ids=facility_ids,
+                                       unreviewed=not include_reviewed)
+
+
+def review_break_glass(ctx: Context, actor: Actor, grant_id: int, *, note: str) -> None:
+    """Mark a break-the-glass access reviewed, with the admin's conclusion."""
+    note = _reason(note)
+    with ctx.db.write() as tx:
+        grant = grant_index.get_grant(tx, grant_id)
+        if grant is None or grant.kind != "break-glass":
+            raise NotFound("break-the-glass access not found")
+        holders = {i.facility_id for i in identities_of(tx, grant.person_id)} if grant.person_id else set()
+        if actor.kind is not ActorKind.SYSTEM and not holders & actor.facility_ids:
+            raise NotFound("break-the-glass access not found")
+        authorize(actor, Action.REVIEW_BREAK_GLASS, Resource(actor.facility_id))
+        grant_index.review_grant(tx, grant_id, at=ctx.clock(), by=actor.subject or actor.name, note=note)
+        audit.record(ctx, tx, actor, "break-glass-reviewed", object_type="grant", object_id=str(grant_id),
+                     person_id=grant.person_id, detail={"note": note})

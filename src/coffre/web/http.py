@@ -10,7 +10,9 @@ from coffre import __version__
 from coffre.app import Context
 from coffre.services.health import health
 from coffre.web import errors
+from coffre.web.api import router as api_router
 from coffre.web.dicomweb import router as dicomweb_router
+from coffre.web.portal import router as portal_router
 
 
 def create_app(ctx: Context) -> FastAPI:
@@ -42,4 +44,6 @@ def create_app(ctx: Context) -> FastAPI:
         )
 
     app.include_router(dicomweb_router, prefix=s.dicomweb_base)
+    app.include_router(api_router, prefix="/api")
+    app.include_router(portal_router)
     return app

@@ -9,82 +9,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import socket
 import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from coffre import __version__
-from coffre.app import Context, build_context
-from coffre.errors import CoffreError
-from coffre.model import Actor, Permission
-from coffre.settings import DEFAULT_TOML, SETTINGS_FILE, Settings, load_settings
-
-
-# Tracebacks never show local variables: they may hold patient data.
-def _typer(help_text: str) -> typer.Typer:
-    return typer.Typer(
-        help=help_text, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False
-    )
-
+from coffre.cli.common import OPERATOR, DataOption, _context, _progress, _typer, err, out
+from coffre.model import Actor
+from coffre.settings import DEFAULT_TOML, SETTINGS_FILE
 
 app = _typer("Coffre territorial imaging archive.")
-facility_app = _typer("Facilities (member sites) of the territory.")
-node_app = _typer("DICOM nodes (AE titles) of the facilities.")
-app.add_typer(facility_app, name="facility")
-app.add_typer(node_app, name="node")
-
-out = Console()
-err = Console(stderr=True)
-
-DataOption = Annotated[Path, typer.Option("--data", "-d", help="The archive's data folder.")]
-OPERATOR = Actor.system("cli")
-
-
-def _settings(data: Path) -> Settings:
-    return load_settings(data, os.environ)
-
-
-@contextmanager
-def _context(data: Path) -> Iterator[Context]:
-    try:
-        ctx = build_context(_settings(data))
-    except CoffreError as exc:
-        err.print(f"[red]error:[/red] {escape(exc.reason)}")
-        raise typer.Exit(2) from None
-    try:
-        yield ctx
-    except CoffreError as exc:
-        err.print(f"[red]error:[/red] {escape(exc.reason)}")
-        raise typer.Exit(1) from None
-    finally:
-        ctx.close()
-
-
-@contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    with Progress(
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err, transient=False,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
 
 
 @app.callback()
@@ -294,135 +236,6 @@ def info(data: DataOption, as_json: Annotated[bool, typer.Option("--json", help=
     out.print(table)
 
 
-@facility_app.command("add")
-def facility_add(
-    data: DataOption,
-    slug: Annotated[str, typer.Argument(help="Short key, e.g. chu-nord.")],
-    name: Annotated[str, typer.Option(help="Display name.")],
-    issuer: Annotated[str, typer.Option(help="Issuer of Patient ID (0010,0021) of this facility.")],
-) -> None:
-    """Add a facility."""
-    from coffre.services.facilities import add_facility
-
-    with _context(data) as ctx:
-        fac = add_facility(ctx, OPERATOR, slug=slug, name=name, issuer=issuer)
-    out.print(f"facility {fac.slug} added")
-
-
-@facility_app.command("list")
-def facility_list(data: DataOption) -> None:
-    """List facilities."""
-    from coffre.services.facilities import list_facilities
-
-    with _context(data) as ctx:
-        table = Table("slug", "name", "issuer")
-        for fac in list_facilities(ctx):
-            table.add_row(fac.slug, fac.name, fac.issuer)
-    out.print(table)
-
-
-def _permissions(value: str) -> frozenset[Permission]:
-    try:
-        return frozenset(Permission(p.strip()) for p in value.split(",") if p.strip())
-    except ValueError:
-        allowed = ", ".join(p.value for p in Permission)
-        raise typer.BadParameter(f"permissions are a comma-separated list of: {allowed}") from None
-
-
-@node_app.command("add")
-def node_add(
-    data: DataOption,
-    ae_title: Annotated[str, typer.Argument(help="The node's AE title.")],
-    facility: Annotated[str, typer.Option(help="Slug of the node's facility.")],
-    host: Annotated[str, typer.Option(help="Host name or address of the node.")],
-    port: Annotated[int, typer.Option(help="Port of the node's SCP (for C-MOVE destinations).")],
-    allow: Annotated[str, typer.Option(help="store,query,retrieve,move-destination")] = "store",
-    description: Annotated[str, typer.Option(help="Free text.")] = "",
-) -> None:
-    """Register a DICOM node of a facility and what it may do."""
-    from coffre.services.facilities import add_node
-
-    perms = _permissions(allow)
-    with _context(data) as ctx:
-        node = add_node(ctx, OPERATOR, ae_title=ae_title, host=host, port=port, facility_slug=facility,
-                        permissions=perms, description=description)
-    out.print(f"node {node.ae_title} added")
-
-
-@node_app.command("list")
-def node_list(
-    data: DataOption,
-    facility: Annotated[str | None, typer.Option(help="Only this facility.")] = None,
-) -> None:
-    """List DICOM nodes."""
-    from coffre.services.facilities import list_facilities, list_nodes
-
-    with _context(data) as ctx:
-        slugs = {f.id: f.slug for f in list_facilities(ctx)}
-        table = Table("AE title", "facility", "host", "port", "may")
-        for n in list_nodes(ctx, facility):
-            table.add_row(n.ae_title, slugs[n.facility_id], n.host, str(n.port),
-                          ",".join(sorted(p.value for p in n.permissions)))
-    out.print(table)
-
-
-@node_app.command("remove")
-def node_remove(data: DataOption, ae_title: Annotated[str, typer.Argument()]) -> None:
-    """Remove a DICOM node."""
-    from coffre.services.facilities import remove_node
-
-    with _context(data) as ctx:
-        remove_node(ctx, OPERATOR, ae_title)
-    out.print(f"node {ae_title} removed")
-
-
-token_app = _typer("API tokens of DICOMweb clients (one facility each).")
-app.add_typer(token_app, name="token")
-
-
-@token_app.command("add")
-def token_add(
-    data: DataOption,
-    name: Annotated[str, typer.Argument(help="Token name, unique within the facility.")],
-    facility: Annotated[str, typer.Option(help="Slug of the facility the client acts for.")],
-    allow: Annotated[str, typer.Option(help="store,query,retrieve")] = "store,query,retrieve",
-) -> None:
-    """Create an API token; it is printed once and only its hash is kept."""
-    from coffre.services.tokens import create_token
-
-    with _context(data) as ctx:
-        token = create_token(ctx, OPERATOR, facility_slug=facility, name=name, permissions=_permissions(allow))
-    out.print(token, soft_wrap=True)
-
-
-@token_app.command("list")
-def token_list(data: DataOption) -> None:
-    """List API tokens (names, facilities, permissions; never the tokens)."""
-    from coffre.services.tokens import list_tokens
-
-    with _context(data) as ctx:
-        table = Table("facility", "name", "may", "created", "revoked")
-        for t in list_tokens(ctx):
-            table.add_row(t.facility.slug, t.name, ",".join(sorted(p.value for p in t.permissions)),
-                          t.created_at.isoformat(timespec="seconds"),
-                          t.revoked_at.isoformat(timespec="seconds") if t.revoked_at else "")
-    out.print(table)
-
-
-@token_app.command("revoke")
-def token_revoke(
-    data: DataOption,
-    name: Annotated[str, typer.Argument()],
-    facility: Annotated[str, typer.Option(help="Slug of the token's facility.")],
-) -> None:
-    """Revoke an API token; it is refused from the next request on."""
-    from coffre.services.tokens import revoke_token
-
-    with _context(data) as ctx:
-        revoke_token(ctx, OPERATOR, facility_slug=facility, name=name)
-    out.print(f"token {name} revoked")
-
-
 @app.command()
 def conflicts(
     data: DataOption,
@@ -446,6 +259,24 @@ def conformance() -> None:
     from coffre.conformance import statement
 
     sys.stdout.write(statement())
+
+
+def _register() -> None:
+    """Attach the command groups that live in their own modules."""
+    from coffre.cli import audit, grants, identity, nodes, users, viewer
+
+    app.add_typer(nodes.facility_app, name="facility")
+    app.add_typer(nodes.node_app, name="node")
+    app.add_typer(users.token_app, name="token")
+    app.add_typer(users.user_app, name="user")
+    app.add_typer(identity.person_app, name="person")
+    app.add_typer(identity.reconcile_app, name="reconcile")
+    app.add_typer(grants.grant_app, name="grant")
+    app.add_typer(audit.audit_app, name="audit")
+    app.add_typer(viewer.viewer_app, name="viewer")
+
+
+_register()
 
 
 def main() -> None:

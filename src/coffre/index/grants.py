@@ -211,3 +211,17 @@ def study_owner(conn: Connection, study_pk: int) -> tuple[int, int | None] | Non
         .where(study.c.id == study_pk)
     ).first()
     return (row[0], row[1]) if row is not None else None
+
+
+def study_pks(conn: Connection, study_instance_uid: str, facility_ids: Iterable[int] | None) -> list[int]:
+    """The study rows of a StudyInstanceUID (in ``facility_ids`` when given)."""
+    stmt = select(study.c.id).where(study.c.study_instance_uid == study_instance_uid)
+    if facility_ids is not None:
+        stmt = stmt.where(study.c.facility_id.in_(sorted(set(facility_ids))))
+    return [int(pk) for (pk,) in conn.execute(stmt)]
+
+
+def persons_with_ins(conn: Connection, ins: str) -> list[int]:
+    """Current persons carrying the national identifier ``ins``."""
+    rows = conn.execute(select(person.c.id).where(person.c.ins == ins, person.c.merged_into.is_(None)))
+    return [int(pid) for (pid,) in rows]

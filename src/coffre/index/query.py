@@ -114,6 +114,37 @@ def scope_condition(scope: Scope, level: Level) -> ColumnElement[bool] | None:
 Row = dict[int, str | int | list[str] | None]
 """One match: tag -> value (str, int, sorted list for ModalitiesInStudy/SOPClassesInStudy, None)."""
 
+PATIENT_ID = 0x00100020
+ISSUER_OF_PATIENT_ID = 0x00100021
+
+#: where a match comes from, as negative keys of each :data:`Row` (never DICOM tags):
+#: the services read them to coerce identifiers into the caller's domain, then drop them
+ORIGIN_FACILITY = -1
+ORIGIN_PERSON = -2
+ORIGIN_PATIENT_ID = -3
+ORIGIN_ISSUER = -4
+_ORIGIN = {
+    ORIGIN_FACILITY: patient.c.facility_id,
+    ORIGIN_PERSON: patient.c.person_id,
+    ORIGIN_PATIENT_ID: patient.c.patient_id,
+    ORIGIN_ISSUER: patient.c.issuer,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """A PatientID given in the caller's own identifier domain (IHE RAD MIMA).
+
+    The PatientID (and IssuerOfPatientID) filters of the query are replaced by: the
+    patient belongs to one of ``person_ids`` (the persons of the caller's local identity),
+    or, when no person is known, the PatientID matches in ``facility_ids`` only (so that
+    another facility's same PatientID, maybe another human, never matches).
+    """
+
+    patient_id: str
+    person_ids: frozenset[int]
+    facility_ids: frozenset[int]
+
 _TABLES: dict[Level, Table] = {
     Level.PATIENT: patient,
     Level.STUDY: study,
@@ -367,8 +398,15 @@ def _return_column(
 # -- the statement --------------------------------------------------------------------
 
 
+def domain_condition(domain: Domain) -> ColumnElement[bool]:
+    if domain.person_ids:
+        return patient.c.person_id.in_(sorted(domain.person_ids))
+    ids = sorted(domain.facility_ids)
+    return and_(patient.c.patient_id == domain.patient_id, patient.c.facility_id.in_(ids) if ids else false())
+
+
 def _compiled(
-    query: Query, scope: Scope, dialect: str
+    query: Query, scope: Scope, dialect: str, domain: Domain | None = None, origin: bool = False
 ) -> tuple[Select[Any], list[tuple[int, Converter]]]:
     if (query.limit is not None and query.limit < 0) or query.offset < 0:
         raise InvalidQuery("limit and offset must not be negative")
@@ -384,8 +422,15 @@ def _compiled(
         if found is not None:
             columns.append(found[0].label(f"t{tag:08x}"))
             converters.append((tag, found[1]))
+    for key, column in _ORIGIN.items() if origin else ():
+        columns.append(column.label(f"o{-key}"))
+        converters.append((key, _identity))
     stmt = select(*columns).select_from(_joined(query.level))
+    if domain is not None:
+        stmt = stmt.where(domain_condition(domain))
     for f in query.filters:
+        if domain is not None and f.tag in (PATIENT_ID, ISSUER_OF_PATIENT_ID):
+            continue
         condition = _condition(f, query, dialect)
         if condition is not None:
             stmt = stmt.where(condition)
@@ -412,19 +457,25 @@ def _joined(level: Level) -> Any:
     return joined
 
 
-def compile_query(query: Query, scope: Scope, dialect: str) -> Select[Any]:
+def compile_query(query: Query, scope: Scope, dialect: str, domain: Domain | None = None) -> Select[Any]:
     """The SELECT of ``query`` within ``scope`` for ``dialect`` ('sqlite' or 'postgresql')."""
-    return _compiled(query, scope, dialect)[0]
+    return _compiled(query, scope, dialect, domain)[0]
 
 
-def run_query(conn: Connection, query: Query, scope: Scope) -> Iterator[Row]:
+def _identity(value: Any) -> Any:
+    return value
+
+
+def run_query(
+    conn: Connection, query: Query, scope: Scope, domain: Domain | None = None, *, origin: bool = False
+) -> Iterator[Row]:
     """Stream the matches of ``query`` within ``scope``, in a stable order.
 
     Every tag of ``query.return_tags`` is a key of each row (None when the index has no
-    value for it). Rows are fetched ``yield_per`` at a time; closing the iterator early
+    value for it), plus with ``origin`` the ``ORIGIN_*`` keys of the patient row. Rows are fetched ``yield_per`` at a time; closing the iterator early
     closes the cursor.
     """
-    stmt, converters = _compiled(query, scope, conn.dialect.name)
+    stmt, converters = _compiled(query, scope, conn.dialect.name, domain, origin)
     empty: Row = dict.fromkeys(query.return_tags)
     # per statement: Connection.execution_options() would change the caller's connection
     result = conn.execute(stmt, execution_options={"yield_per": _YIELD_PER})

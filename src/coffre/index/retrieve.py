@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, Connection, false, select
 
 from coffre.dicom.attributes import Level
+from coffre.dicom.coercion import Coercion
 from coffre.dicom.query import Filter, Match, Query
-from coffre.index.query import Scope, scope_condition
+from coffre.index.query import PATIENT_ID, Domain, Scope, domain_condition, scope_condition
 from coffre.index.schema import instance, patient, series, study
 
 _COLUMNS = {
@@ -42,6 +43,12 @@ class InstanceRef:
     #: the local identity (patient row) and the person the instance belongs to
     patient_pk: int = 0
     person_id: int | None = None
+    study_pk: int = 0
+    #: the local identity's PatientID and IssuerOfPatientID
+    patient_id: str = ""
+    issuer: str = ""
+    #: set by the retrieve service when the instance goes out in the caller's domain
+    coercion: Coercion | None = None
 
 
 def _condition(f: Filter) -> ColumnElement[bool] | None:
@@ -55,8 +62,14 @@ def _condition(f: Filter) -> ColumnElement[bool] | None:
     return false()
 
 
-def locate(conn: Connection, query: Query, scope: Scope) -> Iterator[InstanceRef]:
-    """Every instance the unique keys of ``query`` name, within ``scope``, study by study."""
+def locate(
+    conn: Connection, query: Query, scope: Scope, domain: Domain | None = None
+) -> Iterator[InstanceRef]:
+    """Every instance the unique keys of ``query`` name, within ``scope``, study by study.
+
+    With a ``domain``, the PatientID key is the caller's own identifier: it names every
+    instance of the person of that local identity (IHE RAD MIMA), within ``scope``.
+    """
     stmt = (
         select(
             instance.c.id,
@@ -70,13 +83,21 @@ def locate(conn: Connection, query: Query, scope: Scope) -> Iterator[InstanceRef
             instance.c.size,
             patient.c.id.label("patient_pk"),
             patient.c.person_id,
+            study.c.id.label("study_pk"),
+            patient.c.patient_id,
+            patient.c.issuer,
         )
         .join(series, series.c.id == instance.c.series_pk)
         .join(study, study.c.id == series.c.study_pk)
         .join(patient, patient.c.id == study.c.patient_pk)
         .order_by(study.c.id, series.c.series_number, series.c.id, instance.c.instance_number, instance.c.id)
     )
-    conditions = [c for c in (_condition(f) for f in query.filters) if c is not None]
+    conditions = [
+        c for c in (_condition(f) for f in query.filters if domain is None or f.tag != PATIENT_ID)
+        if c is not None
+    ]
+    if domain is not None:
+        conditions.append(domain_condition(domain))
     if not conditions:
         return
     stmt = stmt.where(*conditions)
@@ -102,4 +123,7 @@ def locate(conn: Connection, query: Query, scope: Scope) -> Iterator[InstanceRef
             size=r.size,
             patient_pk=r.patient_pk,
             person_id=r.person_id,
+            study_pk=r.study_pk,
+            patient_id=r.patient_id,
+            issuer=r.issuer,
         )

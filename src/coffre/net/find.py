@@ -22,6 +22,7 @@ from coffre.errors import CoffreError
 from coffre.index.query import Row
 from coffre.model import Actor
 from coffre.net.statuses import failure_status
+from coffre.services.domain import OTHER_PATIENT_IDS
 from coffre.services.query import find
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,19 @@ def _vr(tag: int, identifier: Dataset) -> str:
         return "UN"
 
 
+def _items(value: Any) -> list[Dataset]:
+    """OtherPatientIDsSequence items from "PatientID\\IssuerOfPatientID" strings."""
+    items = []
+    for pair in value if isinstance(value, list) else []:
+        patient_id, _, issuer = str(pair).partition("\\")
+        item = Dataset()
+        item.PatientID = patient_id
+        item.IssuerOfPatientID = issuer
+        item.TypeOfPatientID = "TEXT"
+        items.append(item)
+    return items
+
+
 def to_dataset(row: Row, query: Query, identifier: Dataset, ae_title: str) -> Dataset:
     """The C-FIND response identifier of one match (C.4.1.1.3.2)."""
     ds = Dataset()
@@ -72,7 +86,7 @@ def to_dataset(row: Row, query: Query, identifier: Dataset, ae_title: str) -> Da
         elif tag == INSTANCE_AVAILABILITY:
             value = "ONLINE"
         if vr == "SQ":
-            value = []
+            value = _items(value) if tag == OTHER_PATIENT_IDS else []
         elif vr in ("IS", "US", "UL", "SS", "SL") and isinstance(value, str) and not value:
             value = None
         ds.add_new(tag, vr, value)

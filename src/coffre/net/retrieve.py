@@ -29,6 +29,7 @@ from pynetdicom import build_context, evt
 
 from coffre.app import Context
 from coffre.codecs.transcode import can_transcode, transcode
+from coffre.dicom.coercion import coerce_dataset
 from coffre.dicom.query import parse_retrieve
 from coffre.dicom.transfer_syntaxes import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from coffre.errors import CoffreError
@@ -75,7 +76,15 @@ def _read(data: bytes) -> Dataset:
 
 
 def payload(ctx: Context, ref: InstanceRef, accepted: Accepted) -> Dataset:
-    """The dataset pynetdicom sends for one sub-operation, in a syntax the peer accepted."""
+    """The dataset pynetdicom sends for one sub-operation, in a syntax the peer accepted,
+    with the patient identifiers coerced into the caller's domain when the plan says so."""
+    ds = _payload(ctx, ref, accepted)
+    if ref.coercion is not None and "PatientID" in ds:  # not the unsendable placeholder
+        coerce_dataset(ds, ref.coercion)
+    return ds
+
+
+def _payload(ctx: Context, ref: InstanceRef, accepted: Accepted) -> Dataset:
     syntaxes = accepted.get(ref.sop_class_uid, set())
     if ref.transfer_syntax_uid in syntaxes:
         return _read(ctx.blobs.read(ref.blob_key))

@@ -20,14 +20,16 @@ into decisions and query scopes.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 
 from coffre.app import Context
 from coffre.errors import BadRequest, NotAuthorized, NotFound
+from coffre.index import facilities as facility_index
 from coffre.index import grants as grant_index
 from coffre.index.engine import Tx
 from coffre.index.grants import GrantRow
-from coffre.index.persons import current_person, identities_of
+from coffre.index.persons import current_person, identities_of, person_of_identity
 from coffre.index.query import Scope
 from coffre.model import Actor, ActorKind
 from coffre.services import audit
@@ -215,3 +217,70 @@ def review_break_glass(ctx: Context, actor: Actor, grant_id: int, *, note: str) 
         grant_index.review_grant(tx, grant_id, at=ctx.clock(), by=actor.subject or actor.name, note=note)
         audit.record(ctx, tx, actor, "break-glass-reviewed", object_type="grant", object_id=str(grant_id),
                      person_id=grant.person_id, detail={"note": note})
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRef:
+    """How a caller names a person it may not see yet: an id, a facility's PatientID, or the INS."""
+
+    person_id: int | None = None
+    facility: str = ""
+    patient_id: str = ""
+    ins: str = ""
+
+
+def resolve_person(ctx: Context, actor: Actor, ref: PersonRef) -> int:
+    """The person named by ``ref`` (``NotFound`` when none or ambiguous).
+
+    Naming by a facility's PatientID defaults to the actor's own facility. Resolution
+    reveals no data; the use case it feeds is authorized and audited.
+    """
+    with ctx.db.read() as tx:
+        if ref.person_id is not None:
+            if not identities_of(tx, current_person(tx, ref.person_id)):
+                raise NotFound("person not found")
+            return current_person(tx, ref.person_id)
+        if ref.ins:
+            found = grant_index.persons_with_ins(tx, ref.ins)
+        elif ref.patient_id:
+            facility_id = (
+                facility_index.get_facility(tx, ref.facility).id if ref.facility else actor.facility_id
+            )
+            if facility_id is None:
+                raise BadRequest("name the facility of the PatientID")
+            person_id = person_of_identity(tx, facility_id, ref.patient_id)
+            found = [] if person_id is None else [current_person(tx, person_id)]
+        else:
+            raise BadRequest("name the person by id, by a facility's PatientID, or by INS")
+    if len(found) != 1:
+        raise NotFound("person not found")
+    return found[0]
+
+
+def resolve_study(ctx: Context, actor: Actor, study_instance_uid: str) -> int:
+    """The study of the actor's facilities with this UID (for a reading assignment)."""
+    facility_ids = None if actor.kind is ActorKind.SYSTEM and actor.facility is None else actor.facility_ids
+    with ctx.db.read() as tx:
+        found = grant_index.study_pks(tx, study_instance_uid, facility_ids)
+    if len(found) != 1:
+        raise NotFound("study not found" if not found else "study UID held by several facilities")
+    return found[0]
+
+
+def active_grants_of(ctx: Context, actor: Actor) -> list[GrantRow]:
+    """The grants the actor (or its facility) holds now, newest first."""
+    now = ctx.clock()
+    with ctx.db.read() as tx:
+        rows = grant_index.list_grants(tx, facility_ids=actor.facility_ids, limit=500)
+    subject = actor.subject
+    return [
+        g for g in rows
+        if g.revoked_at is None and g.expires_at > now
+        and (g.grantee_user == subject if g.grantee_user else g.grantee_facility_id in actor.facility_ids)
+    ]
+
+
+def facility_id_of(ctx: Context, slug: str) -> int:
+    """The id of the facility ``slug`` (``NotFound`` otherwise)."""
+    with ctx.db.read() as tx:
+        return facility_index.get_facility(tx, slug).id

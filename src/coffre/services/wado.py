@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -58,6 +59,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from coffre.app import Context
 from coffre.codecs import LOSSY, can_transcode, transcode
 from coffre.dicom import part10, transfer_syntaxes
+from coffre.dicom.coercion import Coercion, coerce_dataset, coerce_json
 from coffre.dicom.instance import parse_instance, pydicom_guard
 from coffre.dicom.query import uid_query
 from coffre.dicom.transfer_syntaxes import (
@@ -389,9 +391,14 @@ def retrieve(
 
     def body(ref: InstanceRef) -> Iterable[bytes]:
         target = chosen[ref.transfer_syntax_uid]
-        if target == ref.transfer_syntax_uid:
+        if target == ref.transfer_syntax_uid and ref.coercion is None:
             return _blob_chunks(ctx, ref.blob_key)
-        return _pieces(transcode(_read(ctx, ref), target, limits=ctx.settings.limits))
+        data = _read(ctx, ref)
+        if target != ref.transfer_syntax_uid:
+            data = transcode(data, target, limits=ctx.settings.limits)
+        if ref.coercion is not None:
+            data = _coerced(data, ref.coercion)
+        return _pieces(data)
 
     # the first instance needing a codec is transcoded now: its failure is still a 406
     first = next(
@@ -408,6 +415,16 @@ def retrieve(
             yield InstancePart(ref, chosen[ref.transfer_syntax_uid], chunks)
 
     return Retrieval(count=len(refs), parts=parts())
+
+
+def _coerced(data: bytes, coercion: Coercion) -> bytes:
+    """The Part 10 object ``data`` with its patient identifiers in the caller's domain."""
+    with pydicom_guard():
+        ds = dcmread(BytesIO(data))
+        coerce_dataset(ds, coercion)
+        out = BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 # --- metadata -----------------------------------------------------------------------
@@ -443,6 +460,8 @@ def metadata(
             digest.update(
                 f"\n{ref.id}:{version.blob_key}:{version.updated_at.isoformat()}".encode()
             )
+        if ref.coercion is not None:  # the same study reads differently in another domain
+            digest.update(f"\n{ref.coercion.patient_id}\\{ref.coercion.issuer}".encode())
     etag = '"' + digest.hexdigest()[:40] + '"'
     return Metadata(etag=etag, count=len(refs), chunks=_metadata_chunks(ctx, refs, base_url))
 
@@ -465,6 +484,8 @@ def _metadata_chunks(ctx: Context, refs: list[InstanceRef], base_url: str) -> It
                 f'"BulkDataURI":"{base}/studies/{ref.study_instance_uid}/series/'
                 f"{ref.series_instance_uid}/instances/{ref.sop_instance_uid}/bulkdata/"
             )
+            if ref.coercion is not None:
+                doc = coerce_json(doc, ref.coercion)
             pieces.append(separator)
             pieces.append(doc.replace(_BULK_URI, prefix))
             separator = ","

@@ -55,6 +55,7 @@ from coffre.dicom.query import (
 from coffre.dicom.uid import check_uid
 from coffre.errors import BadRequest, NotAcceptable
 from coffre.index.query import Row
+from coffre.services.domain import OTHER_PATIENT_IDS
 from coffre.services.query import find
 from coffre.settings import HttpSettings
 from coffre.web.deps import ActorDep, ContextDep
@@ -385,6 +386,16 @@ def retrieve_url(service: str, level: Level, row: Row) -> str | None:
     return url
 
 
+def _other_id(pair: str) -> dict[str, dicomjson.Element]:
+    """One OtherPatientIDsSequence item from "PatientID\\IssuerOfPatientID" (services.domain)."""
+    patient_id, _, issuer = pair.partition("\\")
+    return {
+        "00100020": dicomjson.element("LO", patient_id),
+        "00100021": dicomjson.element("LO", issuer),
+        "00100022": dicomjson.element("CS", "TEXT"),
+    }
+
+
 def render(rows: Sequence[Row], level: Level, service: str, ae_title: str) -> bytes:
     """The DICOM JSON array of the result rows, with the attributes the archive fills in."""
     out = []
@@ -396,7 +407,11 @@ def render(rows: Sequence[Row], level: Level, service: str, ae_title: str) -> by
             values[INSTANCE_AVAILABILITY] = "ONLINE"
         if RETRIEVE_AE_TITLE in values:
             values[RETRIEVE_AE_TITLE] = ae_title
-        out.append(dicomjson.dataset(values))
+        doc = dicomjson.dataset(values)
+        others = row.get(OTHER_PATIENT_IDS)
+        if isinstance(others, list) and others:
+            doc[dicomjson.tag_key(OTHER_PATIENT_IDS)] = {"vr": "SQ", "Value": [_other_id(p) for p in others]}
+        out.append(doc)
     return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 

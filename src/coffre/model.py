@@ -24,6 +24,8 @@ class Facility:
     slug: str
     name: str
     issuer: str
+    #: its nodes are admitted only over DICOM TLS with a certificate bound to them
+    require_tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,8 @@ class Node:
     facility_id: int
     permissions: frozenset[Permission]
     description: str = ""
+    #: SHA-256 (hex) of the DER client certificate bound to the node; "" = none (PS3.15 B.9)
+    tls_fingerprint: str = ""
 
     def may(self, permission: Permission) -> bool:
         return permission in self.permissions
@@ -59,6 +63,8 @@ class ActorKind(enum.StrEnum):
     #: an HTTP client holding a facility's API token
     CLIENT = "client"
     USER = "user"
+    #: the holder of a share link who proved its access code (a GP, a patient)
+    RECIPIENT = "recipient"
     SYSTEM = "system"
 
 
@@ -84,6 +90,9 @@ class Actor:
     token_id: str = ""
     #: admitted over DICOM TLS with the node's bound client certificate
     tls: bool = False
+    #: a share link's recipient: the link id and the studies (index ids) it opens
+    share_id: int | None = None
+    share_studies: frozenset[int] = frozenset()
 
     @property
     def facility_id(self) -> int | None:
@@ -119,6 +128,12 @@ class Actor:
     def for_client(name: str, facility: Facility, permissions: frozenset[Permission], address: str) -> Actor:
         return Actor(kind=ActorKind.CLIENT, name=name, facility=facility, address=address,
                      permissions=permissions)
+
+    @staticmethod
+    def for_recipient(share_id: int, studies: frozenset[int], address: str) -> Actor:
+        """The holder of share link ``share_id``: read-only access to exactly ``studies``."""
+        return Actor(kind=ActorKind.RECIPIENT, name=f"share:{share_id}", facility=None, address=address,
+                     share_id=share_id, share_studies=studies)
 
     @staticmethod
     def for_user(

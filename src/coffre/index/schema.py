@@ -395,6 +395,43 @@ opposition = Table(
     Column("withdrawn_by", String(200), nullable=False, server_default=""),
 )
 
+# Share links for a GP or a patient (DESIGN words: grant). The link token and the access
+# code are shown once and stored hashed; the studies are fixed when the link is created.
+share_link = Table(
+    "share_link",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    # SHA-256 (hex) of the 256-bit link token
+    Column("token_hash", String(64), nullable=False, unique=True),
+    # argon2id hash of the access code given to the recipient separately
+    Column("code_hash", String(200), nullable=False),
+    Column("person_id", _ID, ForeignKey("person.id"), nullable=False, index=True),
+    Column("facility_id", _ID, ForeignKey("facility.id"), nullable=False, index=True),
+    Column("created_by", String(200), nullable=False),
+    # who receives it, as the creator describes them (no patient data)
+    Column("recipient", String(200), nullable=False, server_default=""),
+    # "study" or "person" (all of the person's studies in [date_from, date_to])
+    Column("scope", String(16), nullable=False),
+    Column("date_from", String(8), nullable=False, server_default=""),
+    Column("date_to", String(8), nullable=False, server_default=""),
+    Column("allow_download", Boolean, nullable=False, server_default=false()),
+    Column("max_uses", Integer, nullable=False),
+    Column("uses", Integer, nullable=False, server_default="0"),
+    Column("failed_attempts", Integer, nullable=False, server_default="0"),
+    Column("locked_at", UtcDateTime(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+    Column("revoked_by", String(200), nullable=False, server_default=""),
+)
+
+share_link_study = Table(
+    "share_link_study",
+    metadata,
+    Column("share_link_id", _ID, ForeignKey("share_link.id"), primary_key=True),
+    Column("study_pk", _ID, ForeignKey("study.id"), primary_key=True),
+)
+
 # A tiny key/value table for archive-wide state (e.g. the demo marker).
 archive_state = Table(
     "archive_state",

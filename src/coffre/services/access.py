@@ -13,6 +13,7 @@ links all reach it through the services. The rules, in order:
    opposition to sharing denies; else a care relationship with the person, a reading
    assignment of the study, or the territory policy ``shared``.
 5. Administration of another facility: only the territory admin.
+6. A share link's recipient reads exactly the studies of its link, nothing else.
 
 Queries do not call :func:`authorize` row by row: :func:`scope` turns the same rules
 into one predicate (:class:`~coffre.index.query.Scope`) that the SQL compiler adds, so
@@ -122,6 +123,8 @@ def actions_of(actor: Actor) -> frozenset[Action]:
         for role in actor.roles:
             found |= ROLE_ACTIONS.get(role, frozenset())
         return frozenset(found)
+    if actor.kind is ActorKind.RECIPIENT:
+        return DATA_READS
     if actor.kind in (ActorKind.NODE, ActorKind.CLIENT) and actor.facility is not None:
         found = {Action.ECHO}
         for permission in actor.permissions:
@@ -156,6 +159,10 @@ def is_allowed(actor: Actor, action: Action, resource: Resource, grants: Grants 
         return True
     if action not in actions_of(actor):
         return False
+    if actor.kind is ActorKind.RECIPIENT:  # a search (scoped) or one of its studies
+        if resource.study_pk is None:
+            return resource.facility_id is None and resource.person_id is None
+        return resource.study_pk in actor.share_studies
     if resource.facility_id is None or resource.facility_id in actor.facility_ids:
         return True
     if _territory_wide(actor, action):
@@ -185,6 +192,8 @@ def scope(actor: Actor, action: Action, grants: Grants = NO_GRANTS) -> Scope:
         return Scope.nothing()
     if actor.kind is ActorKind.SYSTEM:
         return Scope(facility_ids=actor.facility_ids)
+    if actor.kind is ActorKind.RECIPIENT:  # exactly the studies of the share link
+        return Scope(facility_ids=frozenset(), study_pks=actor.share_studies)
     persons = (grants.care - grants.opposed) | grants.break_glass
     studies = frozenset(
         s for s in grants.reading

@@ -232,3 +232,16 @@ def test_patient_level_counts_never_include_unseen_studies(territory: Territory)
     rows = list(find(t.ctx, caller, parse_identifier(identifier, Model.PATIENT_ROOT), source="t"))
     assert [(r[PATIENT_ID], r[STUDIES_OF_PATIENT]) for r in rows] == [("A-1", 1)]
 
+
+
+def test_share_link_recipient_sees_exactly_its_studies(territory: Territory) -> None:
+    t = territory
+    (target,) = [uid for uid, (_, key) in t.studies.items() if key == "target"]
+    with t.ctx.db.read() as tx:
+        from coffre.index.grants import study_pks
+
+        (pk,) = study_pks(tx, target, None)
+    recipient = Actor.for_recipient(1, frozenset({pk}), "127.0.0.1")
+    assert all(seen == {target} for seen in _seen(t, recipient).values())
+    nobody = Actor.for_recipient(2, frozenset(), "127.0.0.1")
+    assert all(seen == set() for seen in _seen(t, nobody).values())

@@ -204,3 +204,14 @@ def scope(actor: Actor, action: Action, grants: Grants = NO_GRANTS) -> Scope:
     except_ = (grants.opposed - grants.break_glass) if grants.shared else None
     return Scope(facility_ids=actor.facility_ids, person_ids=persons, study_pks=studies,
                  persons_except=except_)
+
+
+def policy_table() -> str:
+    """The role x action table of :data:`ROLE_ACTIONS` in Markdown (docs/security.md shows it)."""
+    actions = [a for a in Action if a is not Action.ECHO]
+    lines = ["| role | " + " | ".join(a.value for a in actions) + " |",
+             "| --- |" + " :-: |" * len(actions)]
+    for role in Role:
+        marks = ["✔" if a in ROLE_ACTIONS[role] else "" for a in actions]
+        lines.append(f"| {role.value} | " + " | ".join(marks) + " |")
+    return "\n".join(lines) + "\n"

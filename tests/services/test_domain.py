@@ -17,7 +17,7 @@ from coffre.net.retrieve import payload
 from coffre.services import grants, wado
 from coffre.services.query import find
 from coffre.services.retrieve import plan
-from services.test_leak_matrix import Territory, territory  # noqa: F401 - the fixture
+from services.conftest import Territory
 
 STUDY_UID = 0x0020000D
 PATIENT_ID = 0x00100020

@@ -34,7 +34,8 @@ from coffre.net.find import (
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
 )
-from coffre.settings import DicomSettings, LimitsSettings
+from coffre.net.tls import PROFILES, TLS12_CIPHER_SUITES, TLS13_CIPHER_SUITES
+from coffre.settings import DicomSettings, LimitsSettings, TlsSettings
 
 _MATCHING = {
     Kind.STR: "single value, list (`\\`), wild card (`*`, `?`), empty (`\"\"`), universal",
@@ -190,7 +191,60 @@ def statement() -> str:
         "",
     ]
     lines += _dicomweb()
+    lines += _security()
     return "\n".join(lines)
+
+
+def _security() -> list[str]:
+    """Section 6: DICOM TLS and node authentication (``net.tls``, ``services.facilities``)."""
+    tls = TlsSettings()
+    return [
+        "## 6. Security (PS3.15)",
+        "",
+        "### 6.1 Secure transport connection profiles (PS3.15 Annex B)",
+        "",
+        f"With `tls.enabled`, a second DICOM listener on `tls.port` (default {tls.port}) offers every",
+        "service of section 1 over TLS; the plain listener stays for the nodes that do not need it.",
+        "",
+        *_rows(["profile", "roles"], [[name, "server (every association); client (C-MOVE sub-operations)"]
+                                      for name in PROFILES]),
+        "",
+        f"- TLS 1.2 and TLS 1.3 only (`tls.min_version`, default {tls.min_version}, may be 1.3); SSL, TLS 1.0",
+        "  and TLS 1.1 are never negotiated (RFC 8996). TLS 1.3 is preferred when offered.",
+        "- No TLS compression, no renegotiation; the server's cipher suite preference applies.",
+        "- Every peer presents a client certificate issued by a CA of `tls.ca_certificates`;",
+        "  without one, or with one of another CA, the TLS handshake fails (audited).",
+        "",
+        *_rows(["TLS 1.2 cipher suite", "OpenSSL name"], [[iana, name] for iana, name in TLS12_CIPHER_SUITES]),
+        "",
+        *_rows(["TLS 1.3 cipher suite"], [[name] for name in TLS13_CIPHER_SUITES]),
+        "",
+        "### 6.2 Node authentication",
+        "",
+        "A node may be bound to the SHA-256 fingerprint of its client certificate",
+        "(`coffre node bind-certificate`), and a facility may require TLS",
+        "(`coffre facility require-tls`). Then an AE title alone is not trusted. Refusals are",
+        "A-ASSOCIATE-RJ rejected-permanent (1), service-user (1), reason 3 (calling AE title not",
+        "recognised: the transport does not prove the AE title), and are audited:",
+        "",
+        *_rows(["association", "result"], [
+            ["TLS, certificate bound to the calling node", "accepted"],
+            ["TLS, another certificate than the node's", "reason 3 (certificate mismatch)"],
+            ["TLS, node without a binding, facility requires TLS", "reason 3 (no certificate bound to the node)"],
+            ["TLS, node without a binding, facility does not require TLS", "accepted (the CA vouches)"],
+            ["plain TCP, node bound to a certificate", "reason 3 (TLS required)"],
+            ["plain TCP, facility requires TLS", "reason 3 (TLS required)"],
+            ["plain TCP, otherwise", "accepted (section 1.1)"],
+        ]),
+        "",
+        "### 6.3 C-MOVE destinations",
+        "",
+        "A destination node of a facility that requires TLS, or bound to a certificate, is",
+        "reached over TLS on its port, with the archive's certificate as client certificate;",
+        "its certificate must chain to `tls.ca_certificates` and name the node's host. Without",
+        "`tls.enabled` such a move is refused with 0xA801 (audited), never sent in clear.",
+        "",
+    ]
 
 
 def _dicomweb() -> list[str]:

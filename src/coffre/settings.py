@@ -124,6 +124,15 @@ class SecuritySettings:
     oidc_username_claim: str = "preferred_username"
     oidc_roles_claim: str = "roles"
     oidc_facilities_claim: str = "facilities"
+    #: The portal's client at the provider (authorization code + PKCE); empty id: oidc_audience.
+    oidc_client_id: str = ""
+    #: Empty for a public client.
+    oidc_client_secret: str = ""
+    #: Empty: <origin of the request>/portal/oidc/callback.
+    oidc_redirect_uri: str = ""
+    oidc_scopes: str = "openid profile"
+    #: Shown on the sign-in button; empty: the issuer's host name.
+    oidc_provider_name: str = ""
     #: How long a token revocation may take to reach every process, seconds (≤ 10).
     revocation_cache_seconds: float = 5.0
     #: Wrong passwords in a row before a built-in user is locked, and for how long.
@@ -142,6 +151,10 @@ class TerritorySettings:
     care_relationship_max_days: int = 365
     #: Default duration of a reading assignment, days.
     reading_assignment_days: int = 30
+    #: Longest life of a share link, days, and of a recipient's session once the code is
+    #: given, minutes.
+    share_link_max_days: int = 30
+    share_session_minutes: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +313,8 @@ def _validate(section: str, obj: Any) -> None:
     if section == "territory":
         if obj.policy not in {"grant-required", "shared"}:
             raise ConfigurationError("[territory] policy must be 'grant-required' or 'shared'")
-        for name in ("break_glass_minutes", "care_relationship_max_days", "reading_assignment_days"):
+        for name in ("break_glass_minutes", "care_relationship_max_days", "reading_assignment_days",
+                     "share_link_max_days", "share_session_minutes"):
             if getattr(obj, name) <= 0:
                 raise ConfigurationError(f"[territory] {name} must be positive")
     if section == "tls":
@@ -442,6 +456,14 @@ oidc_algorithms = "RS256,ES256"
 oidc_username_claim = "preferred_username"
 oidc_roles_claim = "roles"
 oidc_facilities_claim = "facilities"
+# The portal's sign-in with the provider (authorization code + PKCE): client id (empty:
+# oidc_audience), secret (empty: a public client), redirect URI (empty:
+# <origin>/portal/oidc/callback), scopes, and the name on the sign-in button.
+oidc_client_id = ""
+oidc_client_secret = ""
+oidc_redirect_uri = ""
+oidc_scopes = "openid profile"
+oidc_provider_name = ""
 # A revoked token is refused everywhere within this many seconds (at most 10).
 revocation_cache_seconds = 5.0
 # Wrong passwords in a row before a built-in user is locked, and for how long (s).
@@ -458,6 +480,10 @@ policy = "grant-required"
 break_glass_minutes = 240
 care_relationship_max_days = 365
 reading_assignment_days = 30
+# Longest life of a share link (days) and of a recipient's session after the access
+# code was given (minutes).
+share_link_max_days = 30
+share_session_minutes = 60
 
 [tls]
 # DICOM TLS listener (PS3.15 B.9 / B.12), beside the plain one. Nodes present a client

@@ -95,6 +95,8 @@ def serve(
     import uvicorn
 
     from coffre.net.dimse import DimseServer
+    from coffre.services.audit import record_application
+    from coffre.services.audit_export import start_exporter
     from coffre.services.demo import load_demo
     from coffre.web.http import create_app
 
@@ -106,6 +108,8 @@ def serve(
         s = ctx.settings
         dimse = DimseServer(ctx)
         dicom_host, dicom_port = dimse.start()
+        record_application(ctx, "start")
+        exporter = start_exporter(ctx)  # the audit trail to [audit] syslog_host, if set
         http_socket = listening_socket(s.http.host, s.http.port)
         http_port = http_socket.getsockname()[1]
         config = uvicorn.Config(create_app(ctx), log_level="warning", access_log=False, lifespan="off")
@@ -120,14 +124,23 @@ def serve(
         signal.signal(signal.SIGINT, _stop)
         out.print(
             f"Coffre {__version__} ready: DICOM {s.archive.ae_title}@{dicom_host}:{dicom_port}, "
-            f"HTTP http://{s.http.host}:{http_port}/healthz, data {s.data_dir}",
+            f"HTTP http://{s.http.host}:{http_port}/healthz, "
+            + (f"DICOM TLS {s.archive.ae_title}@{dimse.tls_address[0]}:{dimse.tls_address[1]}, "
+               if dimse.tls_address else "")
+            + f"data {s.data_dir}",
             soft_wrap=True,
         )
+        from coffre.viewer.bundle import status_line as viewer_status_line
+
+        out.print(viewer_status_line(s.data_dir, f"http://{s.http.host}:{http_port}"), soft_wrap=True)
         sys.stdout.flush()
         try:
             server.run(sockets=[http_socket])
         finally:
             dimse.stop()
+            record_application(ctx, "stop")
+            if exporter is not None:
+                exporter.stop()
     out.print("Coffre stopped")
 
 
@@ -191,9 +204,9 @@ def check(
 
 @app.command()
 def info(data: DataOption, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Print the archive's AE title, ports, and each facility with its nodes."""
+    """Print the archive's AE title, ports, each facility with its nodes, and the demo users."""
     from coffre.index.instances import counts_by_facility
-    from coffre.services.demo import demo_tokens
+    from coffre.services.demo import demo_tokens, demo_users
     from coffre.services.facilities import list_facilities, list_nodes
 
     with _context(data) as ctx:
@@ -224,6 +237,12 @@ def info(data: DataOption, as_json: Annotated[bool, typer.Option("--json", help=
                 ],
                 **({"demo_token": tokens[fac.slug]} if fac.slug in tokens else {}),
             })
+        # the demo's users and their public, documented passwords (docs/authentication.md)
+        doc["demo_users"] = [
+            {"username": u.username, "display_name": u.display_name,
+             "roles": sorted(r.value for r in u.roles), "facilities": list(u.facilities), "password": u.password}
+            for u in demo_users(ctx)
+        ]
     if as_json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
@@ -234,6 +253,11 @@ def info(data: DataOption, as_json: Annotated[bool, typer.Option("--json", help=
         nodes = ", ".join(f"{n['ae_title']}@{n['host']}:{n['port']}" for n in f["nodes"])
         table.add_row(f["slug"], f["name"], f["issuer"], str(f["studies"]), str(f["instances"]), nodes)
     out.print(table)
+    if doc["demo_users"]:
+        users = Table("demo user", "roles", "facilities", "password")
+        for u in doc["demo_users"]:
+            users.add_row(u["username"], ",".join(u["roles"]), ",".join(u["facilities"]), u["password"])
+        out.print(users)
 
 
 @app.command()
@@ -263,7 +287,7 @@ def conformance() -> None:
 
 def _register() -> None:
     """Attach the command groups that live in their own modules."""
-    from coffre.cli import audit, grants, identity, nodes, users, viewer
+    from coffre.cli import audit, grants, identity, nodes, shares, users, viewer
 
     app.add_typer(nodes.facility_app, name="facility")
     app.add_typer(nodes.node_app, name="node")
@@ -274,6 +298,7 @@ def _register() -> None:
     app.add_typer(grants.grant_app, name="grant")
     app.add_typer(audit.audit_app, name="audit")
     app.add_typer(viewer.viewer_app, name="viewer")
+    app.add_typer(shares.share_app, name="share")
 
 
 _register()

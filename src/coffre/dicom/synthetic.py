@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from coffre import __version__
+from coffre.dicom.ins import INS_NIA, INS_NIA_TEST, INS_NIR_TEST
 
 #: modality -> (SOP Class UID, photometric interpretation, bits allocated, samples)
 MODALITY_SOP: dict[str, tuple[str, str, int, int]] = {
@@ -30,6 +31,26 @@ IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1460.1"
 
 
 @dataclass(frozen=True, slots=True)
+class OtherPatientID:
+    """One item of OtherPatientIDsSequence (0010,1002), with the Issuer of Patient ID
+    Macro (PS3.3 Table 10-18): ``universal_entity_id`` fills
+    IssuerOfPatientIDQualifiersSequence > UniversalEntityID (+ UniversalEntityIDType)."""
+
+    patient_id: str
+    issuer: str = ""
+    universal_entity_id: str = ""
+    universal_entity_id_type: str = "ISO"
+    type_of_patient_id: str = "TEXT"
+
+
+def ins_identifier(value: str, oid: str = INS_NIR_TEST) -> OtherPatientID:
+    """An INS as a facility sends it qualified (default: the *test* INS-NIR authority,
+    since synthetic data must never look like a real person's INS)."""
+    kind = "INS-NIA" if oid in (INS_NIA, INS_NIA_TEST) else "INS-NIR"
+    return OtherPatientID(patient_id=value, issuer=kind, universal_entity_id=oid)
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceSpec:
     """What one synthetic instance looks like; every field has a sensible default."""
 
@@ -37,6 +58,10 @@ class InstanceSpec:
     patient_id: str = "P0001"
     patient_name: str = "DOE^JOHN"
     issuer: str = ""
+    #: IssuerOfPatientIDQualifiersSequence of PatientID: (UniversalEntityID, its type)
+    issuer_qualifiers: tuple[tuple[str, str], ...] = ()
+    #: OtherPatientIDsSequence items (e.g. the INS, see :func:`ins_identifier`)
+    other_patient_ids: tuple[OtherPatientID, ...] = ()
     birth_date: str = "19700101"
     sex: str = "M"
     study_uid: str = field(default_factory=generate_uid)
@@ -76,6 +101,26 @@ def _pixels(spec: InstanceSpec, bits: int, samples: int) -> np.ndarray:
     return np.stack(frames) if spec.frames > 1 else frames[0]
 
 
+def _qualifier(universal_entity_id: str, kind: str) -> Dataset:
+    item = Dataset()
+    item.UniversalEntityID = universal_entity_id
+    item.UniversalEntityIDType = kind
+    return item
+
+
+def _other_id(other: OtherPatientID) -> Dataset:
+    item = Dataset()
+    item.PatientID = other.patient_id
+    if other.issuer:
+        item.IssuerOfPatientID = other.issuer
+    if other.universal_entity_id:
+        item.IssuerOfPatientIDQualifiersSequence = [
+            _qualifier(other.universal_entity_id, other.universal_entity_id_type)
+        ]
+    item.TypeOfPatientID = other.type_of_patient_id
+    return item
+
+
 def make_dataset(spec: InstanceSpec) -> Dataset:
     """A complete dataset (with file meta) for ``spec``."""
     sop_class, photometric, bits, samples = MODALITY_SOP[spec.modality]
@@ -99,6 +144,10 @@ def make_dataset(spec: InstanceSpec) -> Dataset:
     ds.PatientID = spec.patient_id
     if spec.issuer:
         ds.IssuerOfPatientID = spec.issuer
+    if spec.issuer_qualifiers:
+        ds.IssuerOfPatientIDQualifiersSequence = [_qualifier(uid, kind) for uid, kind in spec.issuer_qualifiers]
+    if spec.other_patient_ids:
+        ds.OtherPatientIDsSequence = [_other_id(other) for other in spec.other_patient_ids]
     ds.PatientBirthDate = spec.birth_date
     ds.PatientSex = spec.sex
     if spec.body_part:

@@ -14,7 +14,8 @@ from coffre.model import Facility, Node, Permission
 
 
 def _facility(row: Any) -> Facility:
-    return Facility(id=row.id, slug=row.slug, name=row.name, issuer=row.issuer)
+    return Facility(id=row.id, slug=row.slug, name=row.name, issuer=row.issuer,
+                    require_tls=bool(row.require_tls))
 
 
 def _node(row: Any) -> Node:
@@ -27,6 +28,7 @@ def _node(row: Any) -> Node:
         facility_id=row.facility_id,
         permissions=perms,
         description=row.description,
+        tls_fingerprint=row.tls_fingerprint or "",
     )
 
 
@@ -70,6 +72,7 @@ def add_node(
     permissions: frozenset[Permission],
     description: str,
     now: datetime,
+    tls_fingerprint: str = "",
 ) -> Node:
     perms = ",".join(sorted(p.value for p in permissions))
     try:
@@ -83,6 +86,7 @@ def add_node(
                     permissions=perms,
                     description=description,
                     created_at=now,
+                    tls_fingerprint=tls_fingerprint,
                 )
             ).inserted_primary_key
     except IntegrityError:
@@ -99,6 +103,7 @@ def add_node(
         facility_id=facility_id,
         permissions=permissions,
         description=description,
+        tls_fingerprint=tls_fingerprint,
     )
 
 
@@ -112,16 +117,38 @@ def list_nodes(conn: Connection, facility_id: int | None = None) -> list[Node]:
 def find_node(conn: Connection, ae_title: str) -> tuple[Node, Facility] | None:
     """The node registered under ``ae_title`` and its facility, or ``None``."""
     row = conn.execute(
-        select(node, facility.c.slug, facility.c.name, facility.c.issuer)
+        select(node, facility.c.slug, facility.c.name, facility.c.issuer, facility.c.require_tls)
         .join(facility, facility.c.id == node.c.facility_id)
         .where(node.c.ae_title == ae_title)
     ).first()
     if row is None:
         return None
-    return _node(row), Facility(id=row.facility_id, slug=row.slug, name=row.name, issuer=row.issuer)
+    return _node(row), Facility(id=row.facility_id, slug=row.slug, name=row.name, issuer=row.issuer,
+                                require_tls=bool(row.require_tls))
 
 
 def remove_node(conn: Connection, ae_title: str) -> None:
     result = conn.execute(node.delete().where(node.c.ae_title == ae_title))
     if result.rowcount == 0:
         raise NotFound(f"no node {ae_title!r}")
+
+
+def set_node_permissions(conn: Connection, ae_title: str, permissions: frozenset[Permission]) -> None:
+    perms = ",".join(sorted(p.value for p in permissions))
+    result = conn.execute(node.update().where(node.c.ae_title == ae_title).values(permissions=perms))
+    if result.rowcount == 0:
+        raise NotFound(f"no node {ae_title!r}")
+
+
+def set_node_fingerprint(conn: Connection, ae_title: str, fingerprint: str) -> None:
+    """Bind the node to the client certificate of SHA-256 ``fingerprint`` ("" unbinds)."""
+    result = conn.execute(node.update().where(node.c.ae_title == ae_title).values(tls_fingerprint=fingerprint))
+    if result.rowcount == 0:
+        raise NotFound(f"no node {ae_title!r}")
+
+
+def set_require_tls(conn: Connection, slug: str, required: bool) -> Facility:
+    result = conn.execute(facility.update().where(facility.c.slug == slug).values(require_tls=required))
+    if result.rowcount == 0:
+        raise NotFound(f"no facility {slug!r}")
+    return get_facility(conn, slug)

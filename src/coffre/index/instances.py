@@ -8,6 +8,12 @@ row (and maybe a blob) that ``coffre check`` removes: it was never acknowledged.
 
 Upserts use ``INSERT … ON CONFLICT DO NOTHING`` then ``SELECT`` so that concurrent
 associations storing the same study never fail on a unique constraint.
+
+Phase two also links identities to persons (``index/matching.py``) in the same
+transaction: a new ``patient`` row gets its person (qualified INS match, or a new
+person with reconciliation candidates); an existing one is only looked at when the
+object carries an INS qualifier, so storing more objects of a known patient costs one
+substring test more than before.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from coffre.dicom.attributes import Kind, Level, at_level
 from coffre.dicom.instance import ParsedInstance
+from coffre.index import matching
 from coffre.index.schema import (
     change,
     facility,
@@ -52,6 +59,8 @@ class Outcome(enum.StrEnum):
 class Committed:
     outcome: Outcome
     instance_pk: int
+    #: what happened to identities (None: nothing, the usual case for a known patient)
+    identity: matching.IdentityOutcome | None = None
 
 
 def _columns(level: Level, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,8 +181,10 @@ def commit_instance(
     source: str,
     parsed: ParsedInstance,
     now: datetime,
+    actor: str = "ingest",
 ) -> Committed:
-    """Phase two: index the instance and mark its file stored (caller's transaction)."""
+    """Phase two: index the instance, link a new identity to its person, mark the file
+    stored (caller's transaction). ``actor`` labels the identity events (no patient data)."""
     attrs = dict(parsed.attributes)
     attrs.update(
         sop_instance_uid=parsed.sop_instance_uid,
@@ -239,6 +250,11 @@ def commit_instance(
                 detected_at=now,
             )
         )
+    identity: matching.IdentityOutcome | None
+    if new_patient:
+        identity = matching.link_new_identity(conn, patient_pk=patient_pk, parsed=parsed, actor=actor, now=now)
+    else:
+        identity = matching.note_ins(conn, patient_pk=patient_pk, parsed=parsed, actor=actor, now=now)
     conn.execute(
         instance_file.update()
         .where(instance_file.c.id == file_pk)
@@ -254,7 +270,7 @@ def commit_instance(
         if happened
     ]
     conn.execute(change.insert(), rows)
-    return Committed(outcome, instance_pk)
+    return Committed(outcome, instance_pk, identity)
 
 
 def list_conflicts(conn: Connection, facility_id: int | None = None) -> list[Conflict]:

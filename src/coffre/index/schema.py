@@ -151,6 +151,8 @@ patient = Table(
     Index(None, "facility_id", "patient_name_norm"),
     # C-FIND/QIDO by PatientID give no issuer: the unique key above cannot serve them
     Index(None, "facility_id", "patient_id"),
+    # the reconciliation's resemblance search filters on an equal birth date
+    Index(None, "patient_birth_date"),
 )
 
 study = Table(

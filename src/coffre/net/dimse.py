@@ -14,6 +14,13 @@ DIMSE status (``net.statuses``).
 - Query/Retrieve Service Class (PS3.4 C) FIND, MOVE and GET SCP for the Patient Root
   and Study Root models (``net.find``, ``net.retrieve``).
 - TCP_NODELAY on every accepted socket; one thread per association.
+- DICOM TLS (PS3.15 B.9, B.12; ``net.tls``): with ``[tls] enabled`` a second listener
+  on ``tls.port`` requires a client certificate from the configured CAs. The TLS
+  handshake runs in the association's own thread (never in the accepting thread, which a
+  silent peer would otherwise block) within ``dicom.acse_timeout``; a failed handshake
+  is audited. Admission then checks the certificate's fingerprint against the node's
+  binding (``services.facilities.admit``). C-MOVE destinations that are TLS nodes are
+  reached over TLS with the archive's certificate.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from __future__ import annotations
 import copy
 import logging
 import socket
+import ssl
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pynetdicom import AE, _config, evt
@@ -34,6 +42,7 @@ from coffre.dicom.sop_classes import STORAGE_SOP_CLASSES
 from coffre.dicom.transfer_syntaxes import ACCEPTED_TRANSFER_SYNTAXES, TransferSyntax
 from coffre.errors import CoffreError
 from coffre.model import Actor
+from coffre.net import tls
 from coffre.net.find import MODELS, handle_find
 from coffre.net.retrieve import handle_get, handle_move
 from coffre.net.statuses import failure_status, store_success
@@ -101,6 +110,62 @@ class _NoDelayServer(ThreadedAssociationServer):
         return client, address
 
 
+class _TlsServer(ThreadedAssociationServer):
+    """The DICOM TLS listener: wraps each accepted socket, handshakes in its own thread.
+
+    pynetdicom's server would run the handshake in ``get_request``, in the one thread
+    that accepts connections, so a peer that connects and stays silent would hold up
+    every other peer. Here the accepting thread only wraps the socket; the handshake
+    runs in the connection's thread under a timeout, and a failure ends that connection
+    alone.
+    """
+
+    handshake_timeout: float = 30.0
+    on_handshake_failure: Callable[[str, BaseException], None] | None = None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        assert self.socket is not None and self.ssl_context is not None
+        client, address = self.socket.accept()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        wrapped = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return wrapped, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            request.settimeout(max(self.handshake_timeout, 1.0))  # never wait forever
+            request.do_handshake()
+            request.settimeout(None)
+        except (ssl.SSLError, OSError) as exc:
+            try:
+                request.close()
+            finally:
+                if self.on_handshake_failure is not None:
+                    self.on_handshake_failure(str(client_address[0]), exc)
+            return
+        super().finish_request(request, client_address)
+
+
+def _peer_fingerprint(assoc: Any) -> str | None:
+    """The SHA-256 of the verified client certificate of a TLS association, else ``None``."""
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    der = sock.getpeercert(binary_form=True)
+    if not der:  # CERT_REQUIRED makes this unreachable; never admit it as plain TCP
+        raise ssl.SSLError("no verified client certificate")
+    return tls.fingerprint(der)
+
+
+def _over_tls(inner: Iterator[Any], context: ssl.SSLContext, hostname: str) -> Iterator[Any]:
+    """The C-MOVE handler's yields, with TLS added to the destination's association."""
+    first = next(inner)
+    if isinstance(first, tuple) and len(first) == 3 and first[0] is not None:
+        host, port, options = first
+        first = (host, port, {**options, "tls_args": (context, hostname)})
+    yield first
+    yield from inner
+
+
 class DimseServer:
     """Owns the pynetdicom AE and its listening socket for one ``Context``."""
 
@@ -110,6 +175,13 @@ class DimseServer:
         self._lock = threading.Lock()
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._tls_server: Any = None
+        #: the TLS listener's (host, port) once started, ``None`` without ``[tls] enabled``
+        self.tls_address: tuple[str, int] | None = None
+        # built now, so that bad certificate files stop ``coffre serve`` at start-up
+        tls_settings = ctx.settings.tls
+        self._tls_server_context = tls.server_context(tls_settings) if tls_settings.enabled else None
+        self._tls_client_context = tls.client_context(tls_settings) if tls_settings.enabled else None
         self.ae = self._make_ae()
 
     def _make_ae(self) -> Any:
@@ -162,12 +234,32 @@ class DimseServer:
         )
         self._thread.start()
         host, port = self._server.server_address[:2]
+        if self._tls_server_context is not None:
+            self.tls_address = self._start_tls(handlers)
+        return str(host), int(port)
+
+    def _start_tls(self, handlers: list[Any]) -> tuple[str, int]:
+        s = self.ctx.settings
+        server = self.ae.make_server(
+            (s.dicom.host, s.tls.port),
+            evt_handlers=handlers,
+            server_class=_TlsServer,
+            contexts=_SharedContexts(self.ae.supported_contexts),
+            ssl_context=self._tls_server_context,
+        )
+        server.handshake_timeout = s.dicom.acse_timeout
+        server.on_handshake_failure = self._on_handshake_failure
+        self.ae._servers.append(server)
+        self._tls_server = server
+        threading.Thread(target=server.serve_forever, name="coffre-dimse-tls", daemon=True).start()
+        host, port = server.server_address[:2]
         return str(host), int(port)
 
     def stop(self) -> None:
         """Abort open associations (nothing unacknowledged is kept) and close the socket."""
         self.ae.shutdown()
         self._server = None
+        self._tls_server = None
 
     # -- handlers --------------------------------------------------------------------
 
@@ -175,13 +267,27 @@ class DimseServer:
         with self._lock:
             return self._actors.get(event.assoc)
 
+    def _on_handshake_failure(self, address: str, exc: BaseException) -> None:
+        error = tls.describe_error(exc)
+        # a peer that connected and left (port probe, load balancer check) is not a
+        # security event; a refused certificate or protocol version is
+        if not isinstance(exc, ssl.SSLError) or isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+            log.info("TLS connection from %s closed before the handshake ended: %s", address, error)
+            return
+        log.info("TLS handshake with %s failed: %s", address, error)
+        try:
+            facilities.record_handshake_failure(self.ctx, address=address, error=error)
+        except Exception:
+            log.exception("could not audit a failed TLS handshake")
+
     def _on_requested(self, event: Any, ctx: Context) -> None:
         assoc = event.assoc
         rq = assoc.requestor.primitive
         address = str(assoc.requestor.address)
         try:
             actor = facilities.admit(
-                ctx, calling_ae=str(rq.calling_ae_title), called_ae=str(rq.called_ae_title), address=address
+                ctx, calling_ae=str(rq.calling_ae_title), called_ae=str(rq.called_ae_title), address=address,
+                tls_fingerprint=_peer_fingerprint(assoc),
             )
         except facilities.AssociationRefused as exc:
             log.info("association refused from %s: %s", address, exc.reason)
@@ -233,7 +339,18 @@ class DimseServer:
         return handle_find(event, ctx, self._actor(event))
 
     def _on_move(self, event: Any, ctx: Context) -> Iterator[Any]:
-        return handle_move(event, ctx, self._actor(event))
+        actor = self._actor(event)
+        if actor is not None:
+            destination = str(event.move_destination).strip()
+            try:
+                hostname = facilities.tls_destination_host(
+                    ctx, actor, destination, tls_available=self._tls_client_context is not None)
+            except CoffreError as exc:
+                log.warning("C-MOVE from %s to %s refused: %s", actor.describe(), destination, exc.reason)
+                return iter([(None, None)])  # pynetdicom answers 0xA801
+            if hostname is not None and self._tls_client_context is not None:
+                return _over_tls(handle_move(event, ctx, actor), self._tls_client_context, hostname)
+        return handle_move(event, ctx, actor)
 
     def _on_get(self, event: Any, ctx: Context) -> Iterator[Any]:
         return handle_get(event, ctx, self._actor(event))

@@ -7,10 +7,18 @@ It contains the two identity cases every territory meets:
 - two different people sharing PatientID ``100200``: Pierre DUBOIS at CHU Nord and
   Sophie LEROY at Imagerie de l'Est.
 
+Both facilities send Claire MARTIN's qualified INS (a synthetic one, under the test
+INS-NIR authority), so ingest links her identities to one person; Luc BERNARD is known
+at Clinique du Sud and, without INS, at Imagerie de l'Est: his second identity lands
+in the reconciliation queue (docs/identity.md).
+
 Studies (CT, MR, CR, DX, US) are spread over several years. Each facility gets a
 DICOMweb API token named ``demo``; for the demo only, the clear tokens are kept in the
-index so that ``coffre info --json`` can print them. Loading is idempotent: a marker
-in the index records that the demo is present.
+index so that ``coffre info --json`` can print them. Each facility also gets one
+built-in user per role, plus a territory admin (:data:`DEMO_USERS`), with public,
+documented passwords: the demo is never for production. Loading is idempotent: a
+marker in the index records that the demo is present, and missing demo users are
+added at every load.
 """
 
 from __future__ import annotations
@@ -22,9 +30,9 @@ from dataclasses import dataclass
 from pydicom.uid import generate_uid
 
 from coffre.app import Context
-from coffre.dicom.synthetic import InstanceSpec, make_instance
+from coffre.dicom.synthetic import InstanceSpec, ins_identifier, make_instance
 from coffre.index import state
-from coffre.model import Actor, Facility, Permission
+from coffre.model import Actor, Facility, Permission, Role
 from coffre.services import facilities
 from coffre.services.ingest import ingest
 from coffre.services.tokens import create_token
@@ -74,17 +82,23 @@ class DemoPatient:
     sex: str
     #: (modality, date YYYYMMDD, description, body part, series, instances per series)
     studies: tuple[tuple[str, str, str, str, int, int], ...]
+    #: a qualified INS sent in OtherPatientIDsSequence (test INS-NIR authority: synthetic)
+    ins: str = ""
 
+
+#: Claire MARTIN's INS: a made-up number with a valid key, under the *test* authority
+CLAIRE_MARTIN_INS = "268047512345664"
 
 PATIENTS: tuple[DemoPatient, ...] = (
-    # One person, two local identities.
+    # One person, two local identities: both facilities send her qualified INS, so
+    # ingest links them to one person.
     DemoPatient("chu-nord", "CN100234", "MARTIN^CLAIRE", "19680412", "F", (
         ("CT", "20210315", "CT THORAX", "CHEST", 2, 12),
         ("CR", "20230902", "RADIO THORAX", "CHEST", 1, 2),
-    )),
+    ), ins=CLAIRE_MARTIN_INS),
     DemoPatient("clinique-sud", "CS-77812", "MARTIN^CLAIRE", "19680412", "F", (
         ("MR", "20240611", "IRM GENOU DROIT", "KNEE", 2, 8),
-    )),
+    ), ins=CLAIRE_MARTIN_INS),
     # Two people, one PatientID.
     DemoPatient("chu-nord", "100200", "DUBOIS^PIERRE", "19550730", "M", (
         ("CT", "20190108", "CT ABDOMEN", "ABDOMEN", 1, 10),
@@ -100,6 +114,10 @@ PATIENTS: tuple[DemoPatient, ...] = (
     DemoPatient("imagerie-est", "IE-5521", "PETIT^EMMA", "20010918", "F", (
         ("CT", "20241028", "CT SINUS", "HEAD", 1, 8),
     )),
+    # Same name, birth date and sex as CS-10001, no INS: queued for reconciliation.
+    DemoPatient("imagerie-est", "IE-6120", "BERNARD^LUC", "19820305", "M", (
+        ("US", "20250304", "ECHOGRAPHIE THYROIDE", "NECK", 1, 2),
+    )),
 )
 
 
@@ -108,6 +126,66 @@ class DemoSummary:
     loaded: bool
     facilities: int
     instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class DemoUser:
+    """A built-in user of the demo, with its documented password (demo only)."""
+
+    username: str
+    roles: frozenset[Role]
+    #: facility slugs ("" none: territory-wide)
+    facilities: tuple[str, ...]
+    password: str
+    display_name: str
+
+
+#: (user name prefix, role, display name prefix): one user per role in each facility
+_DEMO_ROLES: tuple[tuple[str, Role, str], ...] = (
+    ("radiologue", Role.RADIOLOGIST, "Radiologue"),
+    ("clinicien", Role.CLINICIAN, "Clinicien"),
+    ("manip", Role.TECHNOLOGIST, "Manipulateur radio"),
+    ("admin", Role.FACILITY_ADMIN, "Administrateur"),
+    ("identito", Role.IDENTITY_MANAGER, "Identitovigilance"),
+    ("auditeur", Role.AUDITOR, "Auditeur"),
+)
+
+#: the demo's users (docs/authentication.md): ``<prefix>.<facility>`` with the password
+#: ``demo-<role>``, and ``admin.territoire``. Public passwords: never in production.
+DEMO_USERS: tuple[DemoUser, ...] = (
+    *(DemoUser(f"{prefix}.{f.slug}", frozenset({role}), (f.slug,), f"demo-{role.value}", f"{label} {f.name}")
+      for f in FACILITIES for prefix, role, label in _DEMO_ROLES),
+    DemoUser("admin.territoire", frozenset({Role.TERRITORY_ADMIN}), (), f"demo-{Role.TERRITORY_ADMIN.value}",
+             "Administrateur du territoire"),
+)
+
+
+def load_demo_users(ctx: Context) -> int:
+    """Create the demo users that are missing (idempotent); how many were created."""
+    from coffre.index.users import usernames
+    from coffre.services.users import create_user
+
+    with ctx.db.read() as tx:
+        present = usernames(tx, (u.username for u in DEMO_USERS))
+    operator = Actor.system("demo")
+    created = 0
+    for user in DEMO_USERS:
+        if user.username not in present:
+            create_user(ctx, operator, username=user.username, password=user.password, roles=user.roles,
+                        facilities=user.facilities, display_name=user.display_name)
+            created += 1
+    return created
+
+
+def demo_users(ctx: Context) -> list[DemoUser]:
+    """The demo users present in the index ([] when the demo is not loaded)."""
+    from coffre.index.users import usernames
+
+    if not is_loaded(ctx):
+        return []
+    with ctx.db.read() as tx:
+        present = usernames(tx, (u.username for u in DEMO_USERS))
+    return [u for u in DEMO_USERS if u.username in present]
 
 
 def demo_tokens(ctx: Context) -> dict[str, str]:
@@ -125,6 +203,7 @@ def is_loaded(ctx: Context) -> bool:
 def load_demo(ctx: Context, *, progress: Callable[[int, int], None] | None = None) -> DemoSummary:
     """Create the demo territory unless it is already there."""
     if is_loaded(ctx):
+        load_demo_users(ctx)  # a demo loaded before the users existed gets them now
         return DemoSummary(loaded=False, facilities=0, instances=0)
     operator = Actor.system("demo")
     created: dict[str, Facility] = {}
@@ -138,6 +217,7 @@ def load_demo(ctx: Context, *, progress: Callable[[int, int], None] | None = Non
     }
     with ctx.db.write() as tx:
         state.put(tx, DEMO_TOKENS, json.dumps(tokens).encode("utf-8"))
+    load_demo_users(ctx)
     total = sum(s[4] * s[5] for p in PATIENTS for s in p.studies)
     done = 0
     seed = 0
@@ -171,4 +251,5 @@ def _spec(p: DemoPatient, modality: str, date: str, description: str, body: str,
         institution=next(f.name for f in FACILITIES if f.slug == p.facility),
         series_number=series_number, instance_number=number, rows=size, columns=size,
         frames=2 if modality == "US" else 1, seed=seed,
+        other_patient_ids=(ins_identifier(p.ins),) if p.ins else (),
     )

@@ -29,7 +29,7 @@ from coffre.index import facilities as facility_index
 from coffre.index import grants as grant_index
 from coffre.index.engine import Tx
 from coffre.index.grants import GrantRow
-from coffre.index.persons import current_person, identities_of, person_of_identity
+from coffre.index.persons import LocalIdentity, current_person, identities_of, person_of_identity
 from coffre.index.query import Scope
 from coffre.model import Actor, ActorKind
 from coffre.services import audit
@@ -195,12 +195,38 @@ def revoke(ctx: Context, actor: Actor, grant_id: int) -> None:
 
 
 def break_glass_to_review(ctx: Context, actor: Actor, *, include_reviewed: bool = False) -> list[GrantRow]:
-    """Break-the-glass accesses into the actor's facilities' data, for their admins."""
+    """Break-the-glass accesses by other facilities' staff into the actor's facilities' data.
+
+    The admins of each facility whose data an emergency access opened review it; an access
+    by the admin's own staff into another facility's data is that facility's to review.
+    """
     authorize(actor, Action.REVIEW_BREAK_GLASS, Resource(actor.facility_id))
     with ctx.db.read() as tx:
-        facility_ids = None if actor.kind is ActorKind.SYSTEM else actor.facility_ids
-        return grant_index.list_grants(tx, kind="break-glass", facility_ids=facility_ids,
-                                       unreviewed=not include_reviewed)
+        if actor.kind is ActorKind.SYSTEM and actor.facility is None:
+            return grant_index.list_grants(tx, kind="break-glass", unreviewed=not include_reviewed)
+        found = grant_index.list_grants(tx, kind="break-glass", facility_ids=actor.facility_ids,
+                                        unreviewed=not include_reviewed)
+        return [g for g in found if g.person_id is not None and _opened_here(tx, g, actor.facility_ids)]
+
+
+def _opened_here(tx: Tx, grant: GrantRow, facility_ids: frozenset[int]) -> bool:
+    """True when the grant opened data held by ``facility_ids`` for another facility's user."""
+    assert grant.person_id is not None
+    holders = {i.facility_id for i in identities_of(tx, current_person(tx, grant.person_id))}
+    return bool(holders & facility_ids) and grant.grantee_facility_id not in facility_ids
+
+
+def identities_for_review(ctx: Context, actor: Actor, rows: list[GrantRow]) -> dict[int, list[LocalIdentity]]:
+    """For each reviewed grant, the person's local identities in the reviewer's facilities."""
+    authorize(actor, Action.REVIEW_BREAK_GLASS, Resource(actor.facility_id))
+    out: dict[int, list[LocalIdentity]] = {}
+    with ctx.db.read() as tx:
+        for g in rows:
+            if g.person_id is None:
+                continue
+            found = identities_of(tx, current_person(tx, g.person_id))
+            out[g.id] = [i for i in found if actor.kind is ActorKind.SYSTEM or i.facility_id in actor.facility_ids]
+    return out
 
 
 def review_break_glass(ctx: Context, actor: Actor, grant_id: int, *, note: str) -> None:
@@ -210,8 +236,9 @@ def review_break_glass(ctx: Context, actor: Actor, grant_id: int, *, note: str) 
         grant = grant_index.get_grant(tx, grant_id)
         if grant is None or grant.kind != "break-glass":
             raise NotFound("break-the-glass access not found")
-        holders = {i.facility_id for i in identities_of(tx, grant.person_id)} if grant.person_id else set()
-        if actor.kind is not ActorKind.SYSTEM and not holders & actor.facility_ids:
+        if actor.kind is not ActorKind.SYSTEM and (
+            grant.person_id is None or not _opened_here(tx, grant, actor.facility_ids)
+        ):
             raise NotFound("break-the-glass access not found")
         authorize(actor, Action.REVIEW_BREAK_GLASS, Resource(actor.facility_id))
         grant_index.review_grant(tx, grant_id, at=ctx.clock(), by=actor.subject or actor.name, note=note)

@@ -8,8 +8,10 @@ DESIGN rule 4, in order:
    no second blob;
 3. reserve a ``pending`` file row (its own short transaction);
 4. write the blob (temp file, fsync, rename; fsync of the folder);
-5. in one transaction: index patient/study/series/instance, mark the file ``stored``,
-   record the audit event; commit;
+5. in one transaction: index patient/study/series/instance, link a new local identity
+   to its person (qualified INS match, else a new person with possible matches queued
+   for reconciliation; ``index/matching.py``), mark the file ``stored``, record the
+   audit event (with the identity outcome: ids only); commit;
 6. only then return success. On any failure after 3 the blob and the pending row are
    removed and ``StorageFailure`` is raised: nothing half-written is left, and nothing
    not acknowledged is kept. A crash between 3 and 5 leaves a pending row that
@@ -96,14 +98,19 @@ def ingest(
             committed = index.commit_instance(
                 tx, facility_id=facility.id, default_issuer=facility.issuer, file_pk=file_pk,
                 blob_key=key, size=len(data), sha256=sha256, source=source, parsed=parsed, now=now,
+                actor=f"{actor.kind.value}:{actor.name}",
             )
             if committed.outcome is index.Outcome.DUPLICATE:
                 # a concurrent association archived the same bytes first
                 index.discard_file(tx, file_pk)
+            detail = {"status": _STATUS[committed.outcome].value, "source": source,
+                      "sha256": sha256, "size": len(data)}
+            identity = committed.identity
+            if identity is not None:
+                detail.update(identity.audit_detail())
             audit.record(ctx, tx, actor, "store", facility_id=facility.id, object_type="instance",
                          object_id=parsed.sop_instance_uid,
-                         detail={"status": _STATUS[committed.outcome].value, "source": source,
-                                 "sha256": sha256, "size": len(data)})
+                         person_id=identity.person_id if identity is not None else None, detail=detail)
     except Exception as exc:
         _undo(ctx, key, file_pk, written)
         log.error("store failed for %s: %s", actor.describe(), type(exc).__name__)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from coffre.web.api import audit, auth, grants, persons
+from coffre.web.api import audit, auth, grants, persons, shares
 
 router = APIRouter()
-for _module in (auth, persons, grants, audit):
+for _module in (auth, persons, grants, audit, shares):
     router.include_router(_module.router)
 
 __all__ = ["router"]

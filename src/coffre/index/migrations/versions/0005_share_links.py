@@ -1,4 +1,5 @@
-"""Share links for GPs and patients, with the studies each one opens.
+"""Share links for GPs and patients, with the studies each one opens; patients indexed
+by birth date (the reconciliation's resemblance search).
 
 Revision ID: 0005
 Revises: 0004
@@ -57,8 +58,10 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['study_pk'], ['study.id'], name=op.f('fk_share_link_study_study_pk_study')),
     sa.PrimaryKeyConstraint('share_link_id', 'study_pk', name=op.f('pk_share_link_study'))
     )
+    op.create_index(op.f("ix_patient_patient_birth_date"), "patient", ["patient_birth_date"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_patient_patient_birth_date"), table_name="patient")
     op.drop_table("share_link_study")
     op.drop_table("share_link")

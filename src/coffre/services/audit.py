@@ -4,7 +4,11 @@
 event commit or roll back together; it appends to the hash chain of
 ``index/audit.py``. ``record_alone`` is for events with no transaction of their own (a
 rejected association, a refused object). Details hold archive identifiers (UIDs,
-keys, statuses), never patient demographics; ``record`` adds who acted, as
+keys, statuses) and no demographics, with one deliberate exception: a query event
+keeps the query's matching keys and values (a name, a PatientID, a birth date), as the
+DICOM Query audit message does (PS3.15 A.5.3.7), because "who searched for whom" is
+what a patient and an auditor must be able to see. The audit trail is access
+controlled (auditors only) and never written to application logs; ``record`` adds who acted, as
 ``detail["by"]``: the facility the actor acts for (slug), its roles, its stable
 subject and the id of its access token.
 

@@ -104,7 +104,7 @@ def ingest(
                 # a concurrent association archived the same bytes first
                 index.discard_file(tx, file_pk)
             detail = {"status": _STATUS[committed.outcome].value, "source": source,
-                      "sha256": sha256, "size": len(data)}
+                      "sha256": sha256, "size": len(data), "study": parsed.study_instance_uid}
             identity = committed.identity
             if identity is not None:
                 detail.update(identity.audit_detail())

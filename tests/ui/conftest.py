@@ -71,8 +71,10 @@ def viewer_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     return bundle
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Headless Chromium, per module: Playwright's sync API keeps an event loop running in
+    the main thread while it is open, which would break the ``asyncio.run`` of later tests."""
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"{CHROMIUM} not found: `apt-get install chromium` (Debian's package; "
                     "never `playwright install`)", pytrace=False)

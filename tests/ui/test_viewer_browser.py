@@ -218,7 +218,7 @@ def test_without_a_session_there_is_no_image(browser: Any, demo: DemoServer) -> 
     try:
         page.goto(f"{demo.url}/viewer?StudyInstanceUIDs={study}")
         # sent to the sign-in page, coming back to the study afterwards
-        assert urllib.parse.urlsplit(page.url).path == "/portal/session"
+        assert urllib.parse.urlsplit(page.url).path == "/portal/login"
         assert urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)["next"] == [
             f"/viewer?StudyInstanceUIDs={study}"
         ]
@@ -227,13 +227,14 @@ def test_without_a_session_there_is_no_image(browser: Any, demo: DemoServer) -> 
         # this browser's own request for the image: 401, no pixels
         response = context.request.get(rendered)
         assert response.status == 401 and not response.headers["content-type"].startswith("image/")
-        # a wrong token is refused by the form, and opens no session
+        # a wrong token is refused by the token form, and opens no session
+        page.goto(f"{demo.url}/portal/session?next=/viewer")
         page.fill("#token", "cof_not-a-valid-token")
         page.click("button[type=submit]")
         assert page.locator("[role=alert]").is_visible()
         assert not [c for c in context.cookies() if c["name"] == "coffre_session"]
         page.goto(f"{demo.url}/viewer?StudyInstanceUIDs={study}")
-        assert urllib.parse.urlsplit(page.url).path == "/portal/session"
+        assert urllib.parse.urlsplit(page.url).path == "/portal/login"
         # a valid session cookie is no DICOMweb credential (the viewer sends the token
         # in Authorization): a forged cross-site request carrying it gets nothing
         sign_in(page, demo, token, "/")

@@ -1,8 +1,13 @@
-"""The territory portal and the OHIF viewer, served from Coffre's origin.
+"""The territory portal, share-link pages and the OHIF viewer, served from Coffre's origin.
 
-For now: the sign-in page that opens a viewer session (:mod:`.session`) and the viewer
-itself (:mod:`coffre.web.viewer`, a root fallback that claims only its own paths, so it
-stays last). The portal's pages come next.
+- :mod:`.auth_pages`: sign-in (built-in users, OpenID Connect), sign-out;
+- :mod:`.patients`: search, a person's timeline, the grant dialogs;
+- :mod:`.admin`: facilities and nodes, users, reconciliation, break-the-glass review,
+  audit, usage;
+- :mod:`.share`: a share link's recipient pages; :mod:`.session`: a viewer session from
+  a pasted token (scripts, machine clients);
+- :mod:`coffre.web.viewer`: the OHIF build (its study list at ``/``, studies under
+  ``/viewer``), a root fallback that claims only its own paths, so it stays last.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ Markers: ``ui`` (registered here too, for runs whose configuration lacks it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -122,7 +123,7 @@ class DemoServer:
         return self.stderr_path.read_text(errors="replace")
 
 
-def _run(*args: str, timeout: float = 180) -> str:
+def run_coffre(*args: str, timeout: float = 180) -> str:
     out = subprocess.run([COFFRE, *args], capture_output=True, text=True, env=tool_env(), timeout=timeout)
     assert out.returncode == 0, f"coffre {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
     return out.stdout
@@ -189,17 +190,19 @@ def _stow_codec_study(server: DemoServer, token: str) -> None:
     assert r.status_code == 200, r.text
 
 
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory: pytest.TempPathFactory, viewer_bundle: Bundle) -> Iterator[DemoServer]:
-    data = tmp_path_factory.mktemp("ui") / "data"
-    _run("demo", "--data", str(data))
-    info = json.loads(_run("info", "--data", str(data), "--json"))
+@contextlib.contextmanager
+def demo_server(data: Path) -> Iterator[tuple[Path, str, dict[str, str], subprocess.Popen[str], Path]]:
+    """``coffre demo`` in ``data``, then ``coffre serve`` on free ports until the block ends.
+
+    Yields (data, base URL, facility slug -> demo API token, process, stderr path); at the
+    end SIGTERM, and a traceback or a non-zero exit fails the test.
+    """
+    run_coffre("demo", "--data", str(data))
+    info = json.loads(run_coffre("info", "--data", str(data), "--json"))
     tokens = {f["slug"]: f["demo_token"] for f in info["facilities"]}
     proc, stderr_path, url = _start(data)
-    server = DemoServer(data=data, url=url, proc=proc, stderr_path=stderr_path, tokens=tokens)
     try:
-        _stow_codec_study(server, tokens["chu-nord"])
-        yield server
+        yield data, url, tokens, proc, stderr_path
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -209,9 +212,17 @@ def demo(tmp_path_factory: pytest.TempPathFactory, viewer_bundle: Bundle) -> Ite
             code = proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
-        text = server.stderr()
+        text = stderr_path.read_text(errors="replace")
         assert "Traceback (most recent call last)" not in text, text
         assert code == 0, f"coffre serve exit {code}:\n{text}"
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory, viewer_bundle: Bundle) -> Iterator[DemoServer]:
+    with demo_server(tmp_path_factory.mktemp("ui") / "data") as (data, url, tokens, proc, stderr_path):
+        server = DemoServer(data=data, url=url, proc=proc, stderr_path=stderr_path, tokens=tokens)
+        _stow_codec_study(server, tokens["chu-nord"])
+        yield server
 
 
 @dataclass

@@ -12,14 +12,8 @@ Screenshots: set ``PORTAL_SCREENSHOTS=1`` to (re)write ``docs/img/portal-*.png``
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import re
-import signal
-import subprocess
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +28,7 @@ from coffre.dicom.synthetic import InstanceSpec, make_instance
 from coffre.index import audit as audit_index
 from coffre.index.audit import AuditRow
 from coffre.settings import load_settings
-from ui.conftest import COFFRE, READY, tool_env
+from ui.conftest import demo_server
 
 pytestmark = pytest.mark.ui
 
@@ -69,63 +63,10 @@ class Portal:
         return str(study["0020000D"]["Value"][0])
 
 
-def _coffre(*args: str) -> str:
-    out = subprocess.run([COFFRE, *args], capture_output=True, text=True, env=tool_env(), timeout=300)
-    assert out.returncode == 0, f"coffre {' '.join(args)}:\n{out.stdout}\n{out.stderr}"
-    return out.stdout
-
-
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
-    data = tmp_path_factory.mktemp("portal") / "data"
-    _coffre("demo", "--data", str(data))
-    info = json.loads(_coffre("info", "--data", str(data), "--json"))
-    tokens = {f["slug"]: f["demo_token"] for f in info["facilities"]}
-    stderr_path = data.parent / "serve.stderr"
-    env = tool_env(COFFRE_DICOM_PORT="0", COFFRE_HTTP_PORT="0", COFFRE_DICOM_HOST="127.0.0.1",
-                   COFFRE_HTTP_HOST="127.0.0.1")
-    with stderr_path.open("w") as stderr:
-        proc = subprocess.Popen([COFFRE, "serve", "--data", str(data)], stdout=subprocess.PIPE,
-                                stderr=stderr, text=True, env=env)
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    pumping = threading.Thread(target=pump, daemon=True)
-    pumping.start()
-    url = ""
-    deadline = time.monotonic() + 60
-    while not url and time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        if line is None:
-            pytest.fail(f"coffre serve exited:\n{stderr_path.read_text()}")
-        if match := READY.search(line):
-            url = f"http://{match['host']}:{match['port']}"
-    if not url:
-        proc.kill()
-        pytest.fail(f"coffre serve not ready:\n{stderr_path.read_text()}")
-    try:
+    with demo_server(tmp_path_factory.mktemp("portal") / "data") as (data, url, tokens, _proc, _stderr):
         yield Portal(data, url, tokens)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait(10)
-        pumping.join(10)
-        assert proc.stdout is not None
-        proc.stdout.close()
-        text = stderr_path.read_text(errors="replace")
-        assert "Traceback (most recent call last)" not in text, text
-        assert code == 0, f"coffre serve exit {code}:\n{text}"
 
 
 @dataclass

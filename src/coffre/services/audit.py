@@ -68,6 +68,20 @@ def actor_detail(actor: Actor) -> dict[str, Any]:
     return by
 
 
+#: the longest reason a person states for an audited action (grant, identity change)
+MAX_REASON = 500
+
+
+def stated_reason(text: str) -> str:
+    """A reason a person states for an audited action: required, one line, bounded."""
+    reason = " ".join(text.split())
+    if not reason:
+        raise BadRequest("a reason is required")
+    if len(reason) > MAX_REASON:
+        raise BadRequest(f"the reason is longer than {MAX_REASON} characters")
+    return reason
+
+
 def record(
     ctx: Context,
     tx: Tx,

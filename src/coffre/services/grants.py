@@ -37,7 +37,7 @@ from coffre.services.access import Action, Grants, Resource, authorize, scope
 
 log = logging.getLogger(__name__)
 
-MAX_REASON = 500
+MAX_REASON = audit.MAX_REASON
 
 
 def load(ctx: Context, tx: Tx, actor: Actor) -> Grants:
@@ -62,13 +62,7 @@ def scope_for(ctx: Context, tx: Tx, actor: Actor, action: Action) -> Scope:
     return scope(actor, action, load(ctx, tx, actor))
 
 
-def _reason(text: str) -> str:
-    reason = " ".join(text.split())
-    if not reason:
-        raise BadRequest("a reason is required")
-    if len(reason) > MAX_REASON:
-        raise BadRequest(f"the reason is longer than {MAX_REASON} characters")
-    return reason
+_reason = audit.stated_reason
 
 
 def _person(tx: Tx, person_id: int) -> tuple[int, set[int]]:

@@ -51,7 +51,7 @@ __all__ = [
 
 #: the largest id of the index; larger ones are unknown
 MAX_ID = index.MAX_ID
-MAX_REASON = 500
+MAX_REASON = audit.MAX_REASON
 MAX_LIMIT = 200
 MAX_HISTORY = 1000
 #: bounds on search inputs (PN is 64 characters per component group, LO 64)
@@ -97,13 +97,7 @@ class SplitResult:
     skipped: tuple[int, ...]
 
 
-def _reason(text: str) -> str:
-    reason = " ".join(text.split())
-    if not reason:
-        raise BadRequest("a reason is required")
-    if len(reason) > MAX_REASON:
-        raise BadRequest(f"the reason is longer than {MAX_REASON} characters")
-    return reason
+_reason = audit.stated_reason
 
 
 def _label(actor: Actor) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -169,10 +170,18 @@ def test_care_relationship_opens_the_other_facilitys_studies(browsing: Browsing,
     assert compare == viewer + "," + ct_viewer.split("=", 1)[1]
     screenshot(b.page, "portal-timeline")
 
-    # the viewer accepts the portal's session (the same cookie): no second sign-in
+    # the viewer accepts the portal's session (the same cookie): no second sign-in, and it
+    # loads both studies of the comparison from Coffre's DICOMweb
+    requested: list[str] = []
+    b.page.on("request", lambda r: requested.append(r.url))
     response = b.page.goto(portal.url + compare)
     assert response is not None and response.status == 200
     assert "/viewer" in b.page.url and "/portal/" not in b.page.url
+    both = compare.split("=", 1)[1].split(",")
+    deadline = time.monotonic() + 60
+    while not all(any(f"/dicomweb/studies/{uid}/" in u for u in requested) for uid in both):
+        assert time.monotonic() < deadline, f"the viewer did not load both studies: {requested[-20:]}"
+        b.page.wait_for_timeout(250)
 
     grants = [e for e in portal.events("grant-care") if e.actor_name == "clinicien.chu-nord"]
     assert len(grants) == 1 and grants[0].detail["reason"] == "Suivi orthopédique du genou"

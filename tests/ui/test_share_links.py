@@ -1,7 +1,8 @@
 """Share links in a real browser: headless Chromium against a real ``coffre serve`` on
 the demo territory (fixtures ``demo`` and ``browser`` of conftest.py).
 
-A demo clinician creates a link through the REST API; a fresh browser context — the
+A demo clinician creates a link through the portal (the timeline's "create a share
+link" dialog, the one-time result page); a fresh browser context — the
 recipient, who has nothing but the link and the code — opens it: a wrong code is
 refused, the right one lists the shared study, the download starts, and the OHIF viewer
 opens the study and draws its pixels. Revoking the link ends the page, the link and the
@@ -11,6 +12,7 @@ viewer's session; five wrong codes lock a link for good, the right code included
 from __future__ import annotations
 
 import io
+import re
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -42,16 +44,47 @@ def api(demo: DemoServer) -> Iterator[httpx.Client]:
         yield client
 
 
-def share(demo: DemoServer, **body: object) -> dict[str, object]:
-    """A link to Claire MARTIN's 2021 CT (the demo's patient CN100234 at CHU Nord)."""
+def share(demo: DemoServer, browser: Any, *, allow_download: bool = False, recipient: str = "") -> dict[str, object]:
+    """A link to Claire MARTIN's 2021 CT (the demo's patient CN100234 at CHU Nord), created
+    by the demo clinician through the portal's timeline dialog in its own browser context."""
+    context, page, _log = open_page(browser)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(demo.url + "/portal/timeline?patient_id=CN100234")
+        assert "/portal/login?next=" in page.url
+        page.fill("#username", CLINICIAN[0])
+        page.fill("#password", CLINICIAN[1])
+        page.click("main button[type=submit]")
+        page.wait_for_url(re.compile(r"/portal/persons/\d+$"))
+        page.click("#share-dialog summary")
+        page.select_option("#share-target", "all")
+        page.fill("#share-from", "2021-01-01")
+        page.fill("#share-to", "2021-12-31")
+        page.fill("#share-days", "7")
+        page.fill("#share-uses", "5")
+        if allow_download:
+            page.check("#share-download")
+        page.fill("#share-recipient", recipient)
+        page.click("#share-submit")
+        page.wait_for_load_state()
+        expect(page.locator("#share-created")).to_be_visible()
+        url, code = page.inner_text("#share-url").strip(), page.inner_text("#share-code").strip()
+        assert url.startswith(demo.url + "/share/")
+        assert re.fullmatch(r"[2-9A-Z]{5}-[2-9A-Z]{5}", code)
+        assert "Give the code separately" in page.inner_text("#share-created")  # the browser asks for English
+        # the list shows the new link (newest first), never its secrets
+        page.goto(demo.url + "/portal/shares")
+        row = page.locator("tr.share").first
+        expect(row).to_contain_text(recipient or "(not given)")
+        share_id = int(row.get_attribute("data-share") or "0")
+        listing = page.content()
+        assert url.rsplit("/", 1)[1] not in listing and code not in listing
+    finally:
+        context.close()
     with api(demo) as client:
-        answer = client.post("/api/shares", json={"patient_id": "CN100234", "date_from": "20210101",
-                                                  "date_to": "20211231", **body})
-    assert answer.status_code == 201, answer.text
-    created: dict[str, object] = answer.json()
-    assert created["studies"] == 1
-    assert str(created["url"]).startswith(demo.url + "/share/")
-    return created
+        [link] = [s for s in client.get("/api/shares").json() if s["id"] == share_id]
+    assert link["studies"] == 1 and link["allow_download"] is allow_download
+    return {"id": share_id, "url": url, "access_code": code}
 
 
 @pytest.fixture
@@ -79,8 +112,10 @@ def _drawn(page: Page) -> bool:
     return high - low > 40
 
 
-def test_recipient_opens_the_link_and_the_viewer_draws_the_study(demo: DemoServer, recipient: Page) -> None:
-    created = share(demo, allow_download=True, recipient="Dr Durand (GP)")
+def test_recipient_opens_the_link_and_the_viewer_draws_the_study(
+    demo: DemoServer, browser: Any, recipient: Page
+) -> None:
+    created = share(demo, browser, allow_download=True, recipient="Dr Durand (GP)")
     page = recipient
     page.goto(str(created["url"]))
     expect(page.locator("#code")).to_be_visible()
@@ -125,8 +160,8 @@ def test_recipient_opens_the_link_and_the_viewer_draws_the_study(demo: DemoServe
     expect(page.locator("canvas.cornerstone-canvas")).to_have_count(0)
 
 
-def test_five_wrong_codes_lock_the_link(demo: DemoServer, recipient: Page) -> None:
-    created = share(demo)
+def test_five_wrong_codes_lock_the_link(demo: DemoServer, browser: Any, recipient: Page) -> None:
+    created = share(demo, browser)
     page = recipient
     page.goto(str(created["url"]))
     for _ in range(4):

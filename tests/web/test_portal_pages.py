@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import secrets
 import threading
@@ -443,6 +444,139 @@ def test_dialogs_are_authorized_by_the_services(client: TestClient, territory: T
         assert refused.status_code == 403 and "DURAND" not in text_of(refused.text).replace("q=DURAND", "")
 
 
+# -- share links --------------------------------------------------------------------------
+
+
+def _share_fields(csrf: str, **fields: str) -> dict[str, str]:
+    return {"csrf": csrf, "target": "all", "date_from": "", "date_to": "", "days": "7", "max_uses": "3",
+            "recipient": "Dr Martin, GP", **fields}
+
+
+def _created(html: str) -> tuple[str, str]:
+    url = re.search(r'<code id="share-url">([^<]+)</code>', html)
+    code = re.search(r'<code id="share-code">([^<]+)</code>', html)
+    assert url and code, "no link or code on the result page"
+    return url.group(1), code.group(1)
+
+
+def _share_rows(t: Territory) -> list[Any]:
+    from coffre.index import shares as share_index
+
+    with t.ctx.db.read() as tx:
+        return share_index.list_shares(tx, created_by=None, facility_ids=None)
+
+
+def test_share_link_created_from_the_timeline(
+    client: TestClient, territory: Territory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    login(client)
+    alice = territory.person_of("nord", "N1")
+    timeline = client.get(f"/portal/persons/{alice}").text
+    assert f'action="/portal/persons/{alice}/share"' in timeline and "Créer un lien de partage" in timeline
+    assert f'<option value="{territory.studies["alice-ct"]}">' in timeline
+    assert 'href="/portal/shares"' in timeline and 'href="/portal/shares"' in client.get("/portal/patients").text
+    r = client.post(f"/portal/persons/{alice}/share",
+                    data=_share_fields(csrf_of(timeline), target=territory.studies["alice-ct"], allow_download="1"))
+    assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store"
+    assert "set-cookie" not in r.headers  # nothing in a flash (or any) cookie
+    url, code = _created(r.text)
+    assert url.startswith(ORIGIN + "/share/") and re.fullmatch(r"[2-9A-Z]{5}-[2-9A-Z]{5}", code)
+    token = url.rsplit("/", 1)[1]
+    assert "Transmettez le code séparément" in r.text
+    # the secrets are nowhere else: not in the list, the timeline, the audit trail, the index
+    for later in ("/portal/shares", f"/portal/persons/{alice}", "/portal/patients"):
+        page = client.get(later).text
+        assert token not in page and code not in page
+    assert all(token not in v and code not in v for v in client.cookies.values())
+    [event] = territory.events("grant-share")
+    assert token not in json.dumps(event.detail) and code not in json.dumps(event.detail)
+    [row] = _share_rows(territory)
+    assert row.recipient == "Dr Martin, GP" and row.max_uses == 3 and row.allow_download
+    assert token not in row.token_hash and code not in row.code_hash
+    listing = client.get("/portal/shares").text
+    assert "Dr Martin, GP" in listing and "0 / 3" in listing and "actif" in listing
+    # the recipient, with only the link and the code, sees the study
+    with portal_client(territory) as recipient:
+        assert recipient.get(f"/share/{token}").status_code == 200
+        opened = recipient.post(f"/share/{token}", data={"code": code}, headers={"Sec-Fetch-Site": "same-origin"})
+        assert opened.status_code == 303 and opened.headers["location"] == "/share"
+        studies = recipient.get("/share").text
+        assert territory.studies["alice-ct"] in studies and territory.studies["alice-ct2"] not in studies
+    assert "1 / 3" in client.get("/portal/shares").text
+    server_logs = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("coffre"))
+    assert "share link" in server_logs and token not in server_logs and code not in server_logs
+
+
+def test_share_link_of_all_studies_in_a_range(client: TestClient, territory: Territory) -> None:
+    login(client, "radio.nord")
+    alice = territory.person_of("nord", "N1")
+    csrf = session_csrf(client)
+    r = client.post(f"/portal/persons/{alice}/share",
+                    data=_share_fields(csrf, date_from="2025-01-01", date_to="2025-12-31"))
+    assert r.status_code == 200
+    [row] = _share_rows(territory)
+    assert (row.scope, row.date_from, row.date_to) == ("person", "20250101", "20251231")
+    # bad fields and an empty range go back to the timeline with a message, nothing created
+    for fields, message in (({"days": "0"}, "Durée invalide."), ({"days": "31"}, "Durée invalide."),
+                            ({"max_uses": "x"}, "Nombre d&#x27;utilisations invalide."),
+                            ({"date_from": "2025-02-01", "date_to": "2025-01-01"}, "Période invalide."),
+                            ({"date_from": "2000-01-01", "date_to": "2000-12-31"}, "Aucun examen que vous puissiez")):
+        r = client.post(f"/portal/persons/{alice}/share", data=_share_fields(csrf, **fields))
+        assert r.status_code == 303 and r.headers["location"] == f"/portal/persons/{alice}", fields
+        assert message in client.get(r.headers["location"]).text
+    assert len(_share_rows(territory)) == 1
+
+
+def test_share_dialog_refuses_forged_requests_and_other_roles(client: TestClient, territory: Territory) -> None:
+    login(client)
+    alice = territory.person_of("nord", "N1")
+    url = f"/portal/persons/{alice}/share"
+    with portal_client(territory) as other:
+        login(other, "radio.nord")
+        other_csrf = session_csrf(other)
+    csrf = session_csrf(client)
+    for r in (client.post(url, data=_share_fields("")), client.post(url, data=_share_fields(other_csrf)),
+              client.post(url, data=_share_fields(csrf), headers={"Sec-Fetch-Site": "cross-site"})):
+        assert r.status_code == 403 and "La demande n&#x27;a pas pu être vérifiée" in r.text
+    assert _share_rows(territory) == [] and not territory.events("grant-share")
+    with portal_client(territory) as admin:  # a facility admin is not allowed to share
+        login(admin, "admin.nord")
+        assert 'href="/portal/shares"' not in admin.get("/portal/patients").text
+        r = admin.post(url, data=_share_fields(session_csrf(admin), target=territory.studies["alice-ct"]))
+        assert r.status_code == 403 and "Vous n&#x27;êtes pas autorisé" in r.text
+        assert "share-url" not in r.text
+    assert _share_rows(territory) == [] and not territory.events("grant-share")
+
+
+def test_share_link_revoked_from_the_list(client: TestClient, territory: Territory) -> None:
+    login(client)
+    alice = territory.person_of("nord", "N1")
+    csrf = session_csrf(client)
+    _url, code = _created(client.post(f"/portal/persons/{alice}/share", data=_share_fields(csrf)).text)
+    token = _url.rsplit("/", 1)[1]
+    [row] = _share_rows(territory)
+    listing = client.get("/portal/shares").text
+    assert f'action="/portal/shares/{row.id}/revoke"' in listing
+    assert client.post(f"/portal/shares/{row.id}/revoke", data={}).status_code == 403  # no CSRF token
+    with portal_client(territory) as sud:  # another user's link is not found, and stays
+        login(sud, "clin.sud")
+        r = sud.post(f"/portal/shares/{row.id}/revoke", data={"csrf": session_csrf(sud)})
+        assert "Introuvable." in sud.get(r.headers["location"]).text
+    assert _share_rows(territory)[0].revoked_at is None
+    r = client.post(f"/portal/shares/{row.id}/revoke", data={"csrf": csrf})
+    assert r.status_code == 303 and r.headers["location"] == "/portal/shares"
+    after = client.get(r.headers["location"]).text
+    assert "Lien de partage révoqué." in after and "révoqué" in after
+    assert f'action="/portal/shares/{row.id}/revoke"' not in after
+    assert [e.object_id for e in territory.events("grant-revoked")] == [str(row.id)]
+    with portal_client(territory) as recipient:
+        assert recipient.get(f"/share/{token}").status_code == 404
+        refused = recipient.post(f"/share/{token}", data={"code": code}, headers={"Sec-Fetch-Site": "same-origin"})
+        assert refused.status_code == 404
+
+
 # -- languages ----------------------------------------------------------------------------
 
 
@@ -466,11 +600,11 @@ def test_the_catalogue_is_complete() -> None:
         assert len(pair) == 2 and all(pair), key
         assert set(re.findall(r"{(\w+)}", pair[0])) == set(re.findall(r"{(\w+)}", pair[1])), key
     used = set()
-    for name in ("layout.py", "auth_pages.py", "patients.py"):  # the admin pages test their own
+    for name in ("layout.py", "auth_pages.py", "patients.py", "share_dialog.py"):  # admin pages test their own
         source = PORTAL_SRC / name
         used |= set(re.findall(r"""\bt\(\s*f?["']([a-z_.-]+)["']""", source.read_text()))
     assert used, "no message found"
-    assert used <= set(MESSAGES) | {"access.", "sex.", "lang."}, used - set(MESSAGES)
+    assert used <= set(MESSAGES) | {"access.", "sex.", "lang.", "share.state."}, used - set(MESSAGES)
 
 
 # -- OpenID Connect -----------------------------------------------------------------------

@@ -13,7 +13,8 @@
 - Dialogs (``<details>`` forms, no script): record a care relationship, break the glass
   (mandatory reason), record or withdraw the patient's opposition. Each is a POST
   checked by :mod:`.csrf` and calls one service (authorized and audited there), then
-  redirects back with a flash message.
+  redirects back with a flash message. Users allowed to share also get "create a share
+  link" (:mod:`.share_dialog`, which also serves ``/portal/shares``).
 - ``GET /portal/thumbnails/{StudyInstanceUID}``: the study's thumbnail for the session's
   actor (:func:`coffre.services.render.render`, authorized and audited as a retrieve,
   absent when out of scope). DICOMweb authenticates only ``Authorization`` headers, so
@@ -41,7 +42,7 @@ from coffre.services import grants, render, timeline
 from coffre.services.access import Action, Resource, is_allowed
 from coffre.services.grants import MAX_REASON, PersonRef
 from coffre.services.timeline import Criteria, PersonHit, StudyEntry, Timeline
-from coffre.web.portal import csrf
+from coffre.web.portal import csrf, share_dialog
 from coffre.web.portal.auth_pages import Session, current_session, login_redirect, refused
 from coffre.web.portal.i18n import Translator
 from coffre.web.portal.layout import (
@@ -71,6 +72,7 @@ MAX_QUERY = 128
 THUMBNAIL_SIDE = 128
 
 router = APIRouter(include_in_schema=False)
+router.include_router(share_dialog.router)
 
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _DMY = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})")
@@ -192,6 +194,8 @@ def search_page(request: Request) -> Response:
     t = s.t
     q = " ".join(request.query_params.get("q", "").split())[:MAX_QUERY]
     parts = [_search_form(t, q)]
+    if share_dialog.may_share(session):
+        parts.append(html('<p class="links">{link}</p>', link=share_dialog.shares_link(t)))
     criteria = parse_query(q) if len(q) >= 2 else Criteria()
     if not criteria.empty:
         try:
@@ -333,6 +337,8 @@ def _dialogs(ctx: Context, session: Session, t: Translator, view: Timeline) -> S
             '<button type="submit">{submit}</button></form></details>',
             title=t("dialog.withdraw.title"), action=f"{person}/opposition/withdraw", help=t("dialog.withdraw.help"),
             csrf=session.csrf, submit=t("dialog.withdraw.submit")))
+    dialogs.append(share_dialog.share_dialog(ctx, session, t, view))
+    dialogs = [d for d in dialogs if d]
     return html('<section class="actions">{d}</section>', d=join(dialogs)) if dialogs else Safe("")
 
 

@@ -108,7 +108,7 @@ def admin_session(request: Request) -> Admin | Response:
     if session is None:
         return login_redirect(request)
     ctx: Context = request.app.state.ctx
-    return Admin(request, session, ctx, shell(request, user=session.display_name, csrf=session.csrf))
+    return Admin(request, session, ctx, shell(request, user=session.display_name, csrf=session.csrf, actor=session.actor))
 
 
 def forbidden(a: Admin) -> HTMLResponse:
@@ -200,7 +200,7 @@ async def post_form(request: Request, back: str, handler: Handler) -> Response:
     try:
         key = await run_in_threadpool(handler, ctx, session, form)
     except NotAuthorized:
-        s = shell(request, user=session.display_name, csrf=session.csrf)
+        s = shell(request, user=session.display_name, csrf=session.csrf, actor=session.actor)
         return error_page(request, s, t("error.forbidden"), 403, back=back)
     except CoffreError as exc:
         key = _problem(exc)

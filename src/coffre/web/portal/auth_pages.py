@@ -142,7 +142,8 @@ def clear_session_cookie(response: Response, request: Request) -> None:
 
 def refused(request: Request, t: Translator, session: Session | None = None) -> HTMLResponse:
     """The answer to a POST that fails the CSRF checks (403, nothing done)."""
-    s = shell(request, user=session.display_name if session else None, csrf=session.csrf if session else "")
+    s = shell(request, user=session.display_name if session else None, csrf=session.csrf if session else "",
+              actor=session.actor if session else None)
     return error_page(request, s, t("error.csrf"), 403)
 
 

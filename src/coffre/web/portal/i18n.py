@@ -22,6 +22,8 @@ LANG_COOKIE = "coffre_lang"
 MESSAGES: dict[str, tuple[str, str]] = {
     "app.tagline": ("Archive d'imagerie du territoire", "The territory's imaging archive"),
     "nav.patients": ("Patients", "Patients"),
+    "nav.shares": ("Liens de partage", "Share links"),
+    "nav.admin": ("Administration", "Administration"),
     "nav.signout": ("Se déconnecter", "Sign out"),
     "nav.signed_in_as": ("Connecté : {name}", "Signed in as {name}"),
     "nav.language": ("Langue", "Language"),

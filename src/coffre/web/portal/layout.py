@@ -36,6 +36,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
+from coffre.model import Actor
+from coffre.services.access import Action, actions_of
 from coffre.web.portal.i18n import LANG_COOKIE, LANGUAGES, Translator, is_flash_key, translator
 from coffre.web.viewer import safe_next
 
@@ -178,13 +180,21 @@ class Shell:
     csrf: str = ""
     #: where the language switch returns
     here: str = PORTAL + "/patients"
+    #: the signed-in actor may share studies / has admin pages (header links)
+    may_share: bool = False
+    may_administer: bool = False
 
 
-def shell(request: Request, *, user: str | None = None, csrf: str = "") -> Shell:
+_ADMIN_ACTIONS = frozenset({Action.MANAGE_FACILITY, Action.MANAGE_USERS, Action.MANAGE_TERRITORY,
+                            Action.MANAGE_IDENTITY, Action.READ_AUDIT, Action.REVIEW_BREAK_GLASS})
+
+
+def shell(request: Request, *, user: str | None = None, csrf: str = "", actor: Actor | None = None) -> Shell:
     here = PORTAL + "/patients"
     if request.method == "GET":  # the language switch comes back to this page
         here = safe_next(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
-    return Shell(translator(request), user, csrf, here)
+    actions = actions_of(actor) if actor is not None else frozenset()
+    return Shell(translator(request), user, csrf, here, Action.SHARE in actions, bool(actions & _ADMIN_ACTIONS))
 
 
 @cache
@@ -219,14 +229,18 @@ def _language_switch(s: Shell) -> Safe:
 def _header(s: Shell) -> Safe:
     nav = Safe("")
     if s.user is not None:
+        extra = join([
+            *([html('<a href="{h}">{l}</a>', h=PORTAL + "/shares", l=s.t("nav.shares"))] if s.may_share else []),
+            *([html('<a href="{h}">{l}</a>', h=PORTAL + "/admin", l=s.t("nav.admin"))] if s.may_administer else []),
+        ])
         nav = html(
-            '<nav class="main" aria-label="{label}"><a href="{patients}">{patients_label}</a>'
+            '<nav class="main" aria-label="{label}"><a href="{patients}">{patients_label}</a>{extra}'
             '<span class="who">{who}</span>'
             '<form method="post" action="{logout}" class="inline">'
             '<input type="hidden" name="csrf" value="{csrf}">'
             '<button type="submit" class="link">{signout}</button></form></nav>',
             label=s.t("nav.main"), patients=PORTAL + "/patients", patients_label=s.t("nav.patients"),
-            who=s.t("nav.signed_in_as", name=s.user), logout=PORTAL + "/logout", csrf=s.csrf,
+            extra=extra, who=s.t("nav.signed_in_as", name=s.user), logout=PORTAL + "/logout", csrf=s.csrf,
             signout=s.t("nav.signout"))
     return html('<header class="top"><a class="brand" href="{home}">Coffre</a>'
                 '<span class="tagline">{tagline}</span>{nav}{lang}</header>',

@@ -121,7 +121,7 @@ def _session_or_login(request: Request) -> Session | Response:
 
 
 def _shell(request: Request, session: Session) -> Shell:
-    return shell(request, user=session.display_name, csrf=session.csrf)
+    return shell(request, user=session.display_name, csrf=session.csrf, actor=session.actor)
 
 
 def _search_form(t: Translator, q: str) -> Safe:

@@ -176,7 +176,7 @@ async def _checked_post(request: Request) -> tuple[Session, dict[str, str]] | Re
 
 
 def _result_page(request: Request, session: Session, created: shares.CreatedShare, back: str) -> Response:
-    s = shell(request, user=session.display_name, csrf=session.csrf)
+    s = shell(request, user=session.display_name, csrf=session.csrf, actor=session.actor)
     t = s.t
     url = str(request.base_url).rstrip("/") + created.path
     day, hour = format_datetime(t, created.expires_at)
@@ -214,7 +214,7 @@ async def create_share(request: Request, person_id: str) -> Response:
     except _FormProblem as problem:
         return set_flash(redirect(back), "error", problem.key)
     except NotAuthorized:
-        s = shell(request, user=session.display_name, csrf=session.csrf)
+        s = shell(request, user=session.display_name, csrf=session.csrf, actor=session.actor)
         return error_page(request, s, s.t("error.forbidden"), 403, back=back)
     except NotFound:
         return set_flash(redirect(back), "error", "error.share_none")
@@ -255,7 +255,7 @@ def list_page(request: Request) -> Response:
     session = current_session(request)
     if session is None:
         return login_redirect(request)
-    s = shell(request, user=session.display_name, csrf=session.csrf)
+    s = shell(request, user=session.display_name, csrf=session.csrf, actor=session.actor)
     t = s.t
     try:
         links = shares.list_shares(request.app.state.ctx, session.actor)

@@ -208,4 +208,5 @@ def status_line(data_dir: Path, http_url: str) -> str:
     bundle = find_bundle(data_dir)
     if bundle is None:
         return f"Viewer: not installed; {fetch_hint()}"
-    return f"Viewer: OHIF {bundle.version} at {http_url.rstrip('/')}/ (sign in at {http_url.rstrip('/')}/portal/session)"
+    base = http_url.rstrip('/')
+    return f"Viewer: OHIF {bundle.version} at {base}/ (portal: {base}/portal/login)"

@@ -8,7 +8,7 @@ originals, untouched (DESIGN rule 7) — under opaque File IDs
 **Streaming.** The ZIP is written by :mod:`zipfile` into a sink that cannot seek, so
 each entry's sizes and CRC follow its data in a data descriptor (APPNOTE 4.3.9) and
 nothing is ever held but the piece being sent: each blob is read in pieces of
-:data:`CHUNK` bytes, deflated (level 1: cheap, and uncompressed pixel data shrink
+1 MiB (``services.wado.blob_chunks``), deflated (level 1: cheap, and uncompressed pixel data shrink
 well) and handed out at once. Entries over 1 GiB are written in ZIP64 form; the
 archive switches to ZIP64 by itself past 65,535 entries or 4 GiB.
 
@@ -29,18 +29,18 @@ from datetime import datetime
 
 from coffre.app import Context
 from coffre.dicom.media import DICOMDIR_NAME, MediaObject, file_id, path_of, write_dicomdir
-from coffre.errors import NotAuthorized, NotFound, StorageFailure
+from coffre.errors import NotAuthorized, NotFound
 from coffre.index import shares as share_index
 from coffre.index.shares import ExportRow
 from coffre.model import Actor
 from coffre.services import audit
 from coffre.services.access import Action, Resource, authorize
 from coffre.services.shares import recipient_share
+from coffre.services.wado import blob_chunks
 
 log = logging.getLogger(__name__)
 
 #: largest piece of a blob held at once
-CHUNK = 1 << 20
 #: entries at least this large are written in ZIP64 form (their size is not known ahead)
 _ZIP64_ENTRY = 1 << 30
 README_NAME = "README.txt"
@@ -106,18 +106,6 @@ def media_objects(rows: Sequence[ExportRow]) -> list[tuple[ExportRow, MediaObjec
     return out
 
 
-def _blob_chunks(ctx: Context, key: str) -> Iterator[bytes]:
-    with ctx.blobs.open(key) as stream:
-        while True:
-            try:
-                chunk = stream.read(CHUNK)
-            except OSError:
-                raise StorageFailure(f"cannot read blob {key}") from None
-            if not chunk:
-                return
-            yield chunk
-
-
 def _entry(name: str, when: datetime) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=when.timetuple()[:6])
     info.compress_type = zipfile.ZIP_DEFLATED
@@ -138,7 +126,7 @@ def zip_stream(ctx: Context, rows: Sequence[ExportRow], *, readme: str, when: da
         for row, media in placed:
             info = _entry(path_of(media.file_id), when)
             with archive.open(info, "w", force_zip64=row.size >= _ZIP64_ENTRY) as entry:
-                for chunk in _blob_chunks(ctx, row.blob_key):
+                for chunk in blob_chunks(ctx, row.blob_key):
                     entry.write(chunk)
                     out = sink.drain()
                     if out:

@@ -352,7 +352,7 @@ def _read(ctx: Context, ref: InstanceRef) -> bytes:
     return ctx.blobs.read(ref.blob_key)
 
 
-def _blob_chunks(ctx: Context, key: str) -> Iterator[bytes]:
+def blob_chunks(ctx: Context, key: str) -> Iterator[bytes]:
     """The blob ``key`` in pieces of at most :data:`CHUNK` bytes, opened when first read."""
     with ctx.blobs.open(key) as stream:
         while True:
@@ -392,7 +392,7 @@ def retrieve(
     def body(ref: InstanceRef) -> Iterable[bytes]:
         target = chosen[ref.transfer_syntax_uid]
         if target == ref.transfer_syntax_uid and ref.coercion is None:
-            return _blob_chunks(ctx, ref.blob_key)
+            return blob_chunks(ctx, ref.blob_key)
         data = _read(ctx, ref)
         if target != ref.transfer_syntax_uid:
             data = transcode(data, target, limits=ctx.settings.limits)

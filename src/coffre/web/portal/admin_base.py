@@ -37,7 +37,12 @@ from coffre.model import Actor
 from coffre.services.access import Action, Resource, is_allowed
 from coffre.web.portal import csrf
 from coffre.web.portal.admin_messages import RESULT_KEYS
-from coffre.web.portal.auth_pages import Session, current_session, login_redirect, refused
+from coffre.web.portal.auth_pages import (
+    Session,
+    checked_post,
+    current_session,
+    login_redirect,
+)
 from coffre.web.portal.i18n import Translator
 from coffre.web.portal.layout import (
     PORTAL,
@@ -187,21 +192,16 @@ def _problem(exc: CoffreError) -> str:
 async def post_form(request: Request, back: str, handler: Handler) -> Response:
     """Check origin and CSRF token, run ``handler`` in the thread pool, go back with its
     result; a refusal of the service answers the forbidden page (403)."""
-    t = shell(request).t
-    session = await run_in_threadpool(current_session, request)
-    if csrf.cross_site(request):
-        return refused(request, t, session)
-    if session is None:
-        return login_redirect(request)
-    form = await csrf.read_form(request)
-    if form is None or not csrf.valid(session.csrf, form.get(csrf.CSRF_FIELD)):
-        return refused(request, t, session)
+    checked = await checked_post(request)
+    if isinstance(checked, Response):
+        return checked
+    session, form = checked
     ctx: Context = request.app.state.ctx
     try:
         key = await run_in_threadpool(handler, ctx, session, form)
     except NotAuthorized:
         s = shell(request, user=session.display_name, csrf=session.csrf, actor=session.actor)
-        return error_page(request, s, t("error.forbidden"), 403, back=back)
+        return error_page(request, s, s.t("error.forbidden"), 403, back=back)
     except CoffreError as exc:
         key = _problem(exc)
     return redirect(with_done(back, key))

@@ -147,6 +147,21 @@ def refused(request: Request, t: Translator, session: Session | None = None) -> 
     return error_page(request, s, t("error.csrf"), 403)
 
 
+async def checked_post(request: Request) -> tuple[Session, dict[str, str]] | Response:
+    """The session and form of a portal POST that passes the origin and CSRF checks, or
+    the answer to send instead (forbidden page, or the sign-in page)."""
+    t = shell(request).t
+    session = await run_in_threadpool(current_session, request)
+    if csrf.cross_site(request):
+        return refused(request, t, session)
+    if session is None:
+        return login_redirect(request)
+    form = await csrf.read_form(request)
+    if form is None or not csrf.valid(session.csrf, form.get(csrf.CSRF_FIELD)):
+        return refused(request, t, session)
+    return session, form
+
+
 # -- built-in users ---------------------------------------------------------------------
 
 

@@ -42,8 +42,13 @@ from coffre.services import grants, render, timeline
 from coffre.services.access import Action, Resource, is_allowed
 from coffre.services.grants import MAX_REASON, PersonRef
 from coffre.services.timeline import Criteria, PersonHit, StudyEntry, Timeline
-from coffre.web.portal import csrf, share_dialog
-from coffre.web.portal.auth_pages import Session, current_session, login_redirect, refused
+from coffre.web.portal import share_dialog
+from coffre.web.portal.auth_pages import (
+    Session,
+    checked_post,
+    current_session,
+    login_redirect,
+)
 from coffre.web.portal.i18n import Translator
 from coffre.web.portal.layout import (
     PORTAL,
@@ -387,15 +392,10 @@ Handler = Callable[[Context, Session, dict[str, str]], tuple[str, str, str]]
 
 async def _dialog(request: Request, handler: Handler, back: str) -> Response:
     """Check origin and CSRF token, run ``handler`` in the thread pool, redirect with a flash."""
-    t = shell(request).t
-    session = await run_in_threadpool(current_session, request)
-    if csrf.cross_site(request):
-        return refused(request, t, session)
-    if session is None:
-        return login_redirect(request)
-    form = await csrf.read_form(request)
-    if form is None or not csrf.valid(session.csrf, form.get(csrf.CSRF_FIELD)):
-        return refused(request, t, session)
+    checked = await checked_post(request)
+    if isinstance(checked, Response):
+        return checked
+    session, form = checked
     ctx: Context = request.app.state.ctx
     try:
         location, kind, key = await run_in_threadpool(handler, ctx, session, form)

@@ -34,8 +34,12 @@ from coffre.services.access import Action, Resource, is_allowed
 from coffre.services.grants import PersonRef
 from coffre.services.shares import ShareInfo, ShareRequest
 from coffre.services.timeline import Timeline
-from coffre.web.portal import csrf
-from coffre.web.portal.auth_pages import Session, current_session, login_redirect, refused
+from coffre.web.portal.auth_pages import (
+    Session,
+    checked_post,
+    current_session,
+    login_redirect,
+)
 from coffre.web.portal.i18n import Translator
 from coffre.web.portal.layout import (
     PORTAL,
@@ -161,20 +165,6 @@ def share_request(ctx: Context, person_id: int, form: dict[str, str]) -> ShareRe
 # -- pages --------------------------------------------------------------------------------
 
 
-async def _checked_post(request: Request) -> tuple[Session, dict[str, str]] | Response:
-    """The session and form of a portal POST that passes the CSRF checks, or the answer."""
-    t = shell(request).t
-    session = await run_in_threadpool(current_session, request)
-    if csrf.cross_site(request):
-        return refused(request, t, session)
-    if session is None:
-        return login_redirect(request)
-    form = await csrf.read_form(request)
-    if form is None or not csrf.valid(session.csrf, form.get(csrf.CSRF_FIELD)):
-        return refused(request, t, session)
-    return session, form
-
-
 def _result_page(request: Request, session: Session, created: shares.CreatedShare, back: str) -> Response:
     s = shell(request, user=session.display_name, csrf=session.csrf, actor=session.actor)
     t = s.t
@@ -200,7 +190,7 @@ def _result_page(request: Request, session: Session, created: shares.CreatedShar
 @router.post(PERSONS + "/{person_id}/share")
 async def create_share(request: Request, person_id: str) -> Response:
     """Create a share link from the timeline's dialog and show its secrets once (module doc)."""
-    checked = await _checked_post(request)
+    checked = await checked_post(request)
     if isinstance(checked, Response):
         return checked
     session, form = checked
@@ -278,7 +268,7 @@ def list_page(request: Request) -> Response:
 @router.post(SHARES + "/{share_id}/revoke")
 async def revoke(request: Request, share_id: str) -> Response:
     """Revoke one of the user's links (CSRF), back to the list with a flash message."""
-    checked = await _checked_post(request)
+    checked = await checked_post(request)
     if isinstance(checked, Response):
         return checked
     session, _form = checked

@@ -53,6 +53,12 @@ def assert_clean_error(out: subprocess.CompletedProcess[str], *words: str) -> No
         assert word.lower() in " ".join(text.lower().split()), f"{word!r} not in:\n{text}"
 
 
+def progress_bar(stderr: str, label: str, total: int) -> bool:
+    """Rich's progress bar, finished: ``LABEL ━━━━ TOTAL/TOTAL`` on one line of stderr."""
+    return any(line.startswith(label) and "━" in line and f" {total}/{total} " in f"{line} "
+               for line in stderr.splitlines())
+
+
 def db(data: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(data / "index.sqlite3")
     conn.row_factory = sqlite3.Row
@@ -140,6 +146,18 @@ def test_demo_loads_the_territory_once(coffre: Run, data: Path) -> None:
         ("imagerie-est", "IMG-EST", "100200", "LEROY^SOPHIE"),
     }
     assert len(patients) == len(PATIENTS)
+    # CT, MR, CR/DX and US studies, spread over several years, at every facility
+    with db(data) as conn:
+        studies = conn.execute(
+            "SELECT f.slug, st.study_date, se.modality FROM series se "
+            "JOIN study st ON st.id = se.study_pk JOIN facility f ON f.id = st.facility_id"
+        ).fetchall()
+    modalities = {r["modality"] for r in studies}
+    assert {"CT", "MR", "US"} <= modalities and modalities & {"CR", "DX"}, modalities
+    years = {r["study_date"][:4] for r in studies}
+    assert len(years) >= 3 and all(y.isdigit() for y in years), years
+    assert {r["slug"] for r in studies} == {f.slug for f in FACILITIES}
+    assert progress_bar(out.stderr, "demo", expected_instances), out.stderr
 
     info = json.loads(coffre("info", "--json").stdout)
     by_slug = {f["slug"]: f for f in info["facilities"]}
@@ -211,6 +229,7 @@ def test_import_folder_dicomdir_and_junk(coffre: Run, data: Path, tmp_path: Path
     assert out.returncode == 1, out.stdout + out.stderr
     assert "Traceback" not in out.stdout + out.stderr
     assert "stored: 8, duplicate: 0, new version: 0, rejected: 1" in out.stdout
+    assert progress_bar(out.stderr, "import", 9), out.stderr
     reasons = [line for line in out.stdout.splitlines() if line.strip().startswith("rejected 1:")]
     assert len(reasons) == 1 and len(reasons[0].split(":", 1)[1].strip()) > 5, out.stdout
     with db(data) as conn:
@@ -269,6 +288,7 @@ def test_check_detects_missing_and_corrupt_blobs(coffre: Run, data: Path, tmp_pa
     ok = coffre("check")
     assert ok.returncode == 0, ok.stdout
     assert "files: 3, verified: 3, missing: 0, corrupt: 0" in ok.stdout
+    assert progress_bar(ok.stderr, "check", 3), ok.stderr
 
     first, second, _third = _blob_paths(data)
     first.unlink()

@@ -48,3 +48,23 @@ def test_cors_allows_the_configured_origin_only(database, tmp_path) -> None:  # 
         assert "warning" in answer.headers["access-control-expose-headers"].lower()
         other = cors_client.get("/dicomweb/studies", headers={**web.headers(), "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_openapi_documents_validation_errors_as_the_400_they_are(client: TestClient, web) -> None:  # type: ignore[no-untyped-def]
+    """FastAPI would document 422; the app answers a validation error 400 (web/errors.py)."""
+    import json
+    import re
+
+    doc = client.get("/openapi.json").json()
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            assert "422" not in operation.get("responses", {}), (method, path)
+    text = json.dumps(doc)
+    schemas = doc.get("components", {}).get("schemas", {})
+    for ref in set(re.findall(r'"#/components/schemas/([^"]+)"', text)):
+        assert ref in schemas, ref  # every reference still resolves
+    # what the description says is what a validation error gets (a UID longer than 64)
+    response = client.get("/dicomweb/studies/1.2.3/series/" + "1" * 65, headers=web.headers())
+    assert response.status_code == 400
+    assert response.json()["error"] == "InvalidRequest"
+    assert "400" in doc["paths"]["/dicomweb/studies/{study}/series/{series}"]["get"]["responses"]

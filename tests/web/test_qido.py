@@ -319,6 +319,49 @@ def test_unsupported_and_unknown_keys_warn(client: TestClient, web: WebArchive,
         'Matching has not been performed."']
 
 
+#: OHIF 3.x study list (extensions/default DicomWebDataSource/qido.js ``mapParams``) with
+#: qidoSupportsIncludeField, supportsFuzzyMatching and supportsWildcard: every filter
+#: value is wrapped in ``*…*``, the four fields are one comma-separated includefield
+OHIF_FIXED = "limit=101&offset=0&fuzzymatching=true&includefield=00081030,00080060,00080090,00100030"
+OHIF_LIST = [
+    ("", ("s1", "s2", "s3")),
+    ("PatientName=*doe*", ("s1", "s2")),
+    ("PatientName=*john*", ("s1",)),
+    ("PatientName=*oe^ja*", ("s2",)),
+    ("00100020=*P*", ("s1", "s2", "s3")),
+    ("00100020=*3*", ("s3",)),
+    ("AccessionNumber=*ACC*", ("s1", "s2")),
+    ("StudyDescription=*HEAD*", ("s1",)),
+    ("ModalitiesInStudy=CR", ("s3",)),
+    ("StudyDate=19700102-20201231", ("s1", "s3")),
+    ("StudyDate=20210101-20991231&PatientName=*doe*", ("s2",)),
+]
+
+
+def test_ohif_study_list_requests(client: TestClient, web: WebArchive, territory: Territory) -> None:
+    """What OHIF's DICOMweb data source sends with the three flags Coffre's viewer sets."""
+    t = territory
+    for filters, expected in OHIF_LIST:
+        query = "&".join(q for q in (filters, OHIF_FIXED) if q)
+        response = client.get(f"{BASE}/studies?{query}", headers=web.headers(Accept="application/dicom+json"))
+        assert response.status_code == 200, (filters, response.text)
+        assert "warning" not in response.headers, (filters, response.headers.get_list("warning"))
+        found = response.json()
+        assert sorted(uids(found)) == sorted(getattr(t, n) for n in expected), filters
+        for ds in found:  # the included fields are there (empty when not a study attribute)
+            assert {"00081030", "00080060", "00080090", "00100030", "00080061"} <= set(ds), filters
+    [s1] = search(client, web, "/studies", f"StudyInstanceUID={t.s1}&{OHIF_FIXED}")
+    assert value(s1, "00081030") == "CT HEAD" and value(s1, "00100030") == "19700101"
+    # the StudyInstanceUID list OHIF builds (separator: backslash), fuzzy matching off
+    both = search(client, web, "/studies", f"StudyInstanceUID={t.s1}%5C{t.s3}&fuzzymatching=false&limit=101")
+    assert sorted(uids(both)) == sorted([t.s1, t.s3])
+    # the series and instance lists of a study OHIF opens
+    series = search(client, web, f"/studies/{t.s1}/series", "includefield=0008103E,00200011")
+    assert sorted(value(ds, "00200011") for ds in series) == [1, 2]  # type: ignore[type-var]
+    instances = search(client, web, f"/studies/{t.s1}/series/{t.s1_series[0]}/instances")
+    assert sorted(uids(instances, "00080018")) == sorted(t.s1_sops[:2])
+
+
 # -- paging -----------------------------------------------------------------------------
 
 

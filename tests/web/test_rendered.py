@@ -231,6 +231,40 @@ def test_series_and_study_show_the_middle_image_of_the_first_series(
     assert np.unique(image(other)).tolist() == [255]
 
 
+def test_modality_lut_and_voi_lut_sequences_are_applied(web: WebArchive, client: TestClient) -> None:
+    """PS3.3 C.11.1 then C.11.2: LUT sequences of the stored object, through the route.
+
+    Stored 10..13 -> Modality LUT -> 0..3 -> VOI LUT -> 0, 51, 102, 255. Ignoring the
+    Modality LUT would give 255 everywhere (10..13 clamped in the VOI LUT); ignoring the
+    VOI LUT would stretch 0..3 to 0, 85, 170, 255.
+    """
+    spec = InstanceSpec(modality="DX", rows=8, columns=40)
+    ds = make_dataset(spec)
+    for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    stored = np.repeat(np.array([10, 11, 12, 13], dtype=np.uint16), 10)[None, :].repeat(8, axis=0)
+    ds.PixelData = stored.tobytes()
+    modality = pydicom.Dataset()
+    modality.LUTDescriptor = [4, 10, 16]
+    modality.add_new(0x00283006, "US", [0, 1, 2, 3])  # LUT Data
+    modality.ModalityLUTType = "US"
+    ds.ModalityLUTSequence = [modality]
+    voi = pydicom.Dataset()
+    voi.LUTDescriptor = [4, 0, 8]
+    voi.add_new(0x00283006, "US", [0, 51, 102, 255])
+    ds.VOILUTSequence = [voi]
+    ingest(web.ctx, web.actor_a, encode(ds), source="test")
+    headers = web.headers(**PNG_ACCEPT)
+    for resource in ("rendered", "thumbnail"):
+        pixels = image(client.get(url(spec, "instance", resource), params={"viewport": "40,8"},
+                                  headers=headers))
+        assert bands_of(pixels, 4) == [0, 51, 102, 255], resource
+    # a window parameter replaces the VOI LUT, the Modality LUT still applies: 0..3 in 2,2
+    windowed = image(client.get(url(spec), params={"window": "2,2"}, headers=headers))
+    assert bands_of(windowed, 4) == [0, 0, 255, 255]
+
+
 def test_png_and_jpeg_negotiation(web: WebArchive, client: TestClient) -> None:
     spec = store_ct(web, ct_pixels())
     for accept, expected in (("image/png", "image/png"), ("image/*", "image/jpeg"), ("*/*", "image/jpeg"),

@@ -7,7 +7,9 @@ reason — the tests treat any 500 as a defect.
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,7 +25,40 @@ def error_response(status: int, error: str, reason: str, headers: dict[str, str]
     return JSONResponse({"error": error, "reason": reason}, status_code=status, headers=headers)
 
 
+#: how the OpenAPI description gives the 400 of a request validation error
+_VALIDATION_400 = {"description": "Invalid parameters: a JSON error with a reason"}
+
+
+def _openapi_without_422(app: FastAPI) -> None:
+    """FastAPI documents 422 for requests it validates; this app answers them 400.
+
+    The generated description is corrected once, when first built: each 422 becomes
+    (or joins) the operation's 400, and the validation error schemas go.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                responses = operation.get("responses") if isinstance(operation, dict) else None
+                if isinstance(responses, dict) and responses.pop("422", None) is not None:
+                    responses.setdefault("400", dict(_VALIDATION_400))
+        schemas = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):  # unless still referenced
+            if name in schemas and f'"#/components/schemas/{name}"' not in json.dumps(schema):
+                del schemas[name]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
+    _openapi_without_422(app)
+
     @app.exception_handler(CoffreError)
     async def _domain(_request: Request, exc: CoffreError) -> JSONResponse:
         headers = {"WWW-Authenticate": 'Bearer realm="coffre"'} if exc.http_status == 401 else None

@@ -468,6 +468,7 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
           "content": {DICOM_JSON: {}}},
     400: {"description": "Invalid parameter, UID or match key"},
     401: {"description": "No valid bearer token"},
+    403: {"description": "The token may not query"},
     406: {"description": "The Accept header asks for something other than DICOM JSON"},
 }
 

@@ -56,6 +56,8 @@ _FUNCTIONS = {
 _IMAGE_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"content": {JPEG: {}, "image/png": {}}, "description": "the rendered image"},
     400: {"description": "a parameter is malformed or out of range"},
+    401: {"description": "no valid bearer token"},
+    403: {"description": "the token may not retrieve"},
     404: {"description": "no such study, series or instance in the caller's scope"},
     406: {"description": "no acceptable media type (image/jpeg, image/png)"},
 }

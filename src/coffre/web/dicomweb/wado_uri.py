@@ -111,6 +111,8 @@ StrQ = Annotated[str | None, Query()]
     responses={
         200: {"content": {DICOM: {}, JPEG: {}, PNG: {}}, "description": "the instance"},
         400: {"description": "a parameter is missing, malformed or not supported"},
+        401: {"description": "no valid bearer token"},
+        403: {"description": "the token may not retrieve"},
         404: {"description": "no such instance in the caller's scope"},
         406: {"description": "the content type or transfer syntax cannot be produced"},
     },

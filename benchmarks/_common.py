@@ -87,6 +87,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and of its live child processes (``[dicom] workers``)."""
+    total = cpu_seconds(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
 def children_cpu_seconds(pid: int) -> float:
     """cutime + cstime: CPU of waited-for children (storescp --fork workers)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -200,7 +213,8 @@ class CoffreServer:
         return self.proc.pid
 
     def cpu(self) -> float:
-        return cpu_seconds(self.pid)
+        """CPU seconds of the serve process and its DIMSE worker processes."""
+        return tree_cpu_seconds(self.pid)
 
     def stderr_text(self) -> str:
         try:

@@ -44,6 +44,9 @@ class DicomSettings:
     dimse_timeout: float = 60.0
     #: Refuse associations whose peer address does not resolve from the node's host.
     verify_peer_host: bool = True
+    #: Processes accepting DIMSE associations on ``port`` (SO_REUSEPORT, Linux); 1 = the
+    #: serve process alone. Each worker has its own engine and its own pynetdicom AE.
+    workers: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +301,8 @@ def _validate(section: str, obj: Any) -> None:
             raise ConfigurationError("[http] sizes and limits must be positive, default ≤ max")
     if section == "dicom" and min(obj.network_timeout, obj.acse_timeout, obj.dimse_timeout, obj.max_pdu) < 0:
         raise ConfigurationError("[dicom] timeouts and max_pdu must not be negative")
+    if section == "dicom" and not 1 <= obj.workers <= 64:
+        raise ConfigurationError("[dicom] workers must be 1-64")
     if section == "storage" and obj.backend != "filesystem":
         raise ConfigurationError("[storage] backend must be 'filesystem'")
     if section == "security":
@@ -386,6 +391,9 @@ acse_timeout = 30.0
 dimse_timeout = 60.0
 # Refuse an association whose peer address is not the registered node's host.
 verify_peer_host = true
+# Processes accepting associations on the DICOM port (SO_REUSEPORT; Linux). 1 = the
+# serve process alone; the number of cores spreads concurrent senders over them.
+workers = 1
 
 [http]
 # HTTP server: health check and DICOMweb (PS3.18).

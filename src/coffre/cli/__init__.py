@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -95,6 +96,7 @@ def serve(
     import uvicorn
 
     from coffre.net.dimse import DimseServer
+    from coffre.net.workers import DimseWorkers
     from coffre.services.audit import record_application
     from coffre.services.audit_export import start_exporter
     from coffre.services.demo import load_demo
@@ -106,8 +108,10 @@ def serve(
             with _progress("demo") as progress:
                 load_demo(ctx, progress=progress)
         s = ctx.settings
-        dimse = DimseServer(ctx)
+        dimse = DimseServer(ctx, shared_port=s.dicom.workers > 1)
         dicom_host, dicom_port = dimse.start()
+        workers = DimseWorkers(s, dicom_port)  # [dicom] workers - 1 more listeners on that port
+        workers.start()
         record_application(ctx, "start")
         exporter = start_exporter(ctx)  # the audit trail to [audit] syslog_host, if set
         http_socket = listening_socket(s.http.host, s.http.port)
@@ -130,6 +134,9 @@ def serve(
             + f"data {s.data_dir}",
             soft_wrap=True,
         )
+        if workers.count:
+            out.print(f"DICOM port shared by {workers.count + 1} processes (pids {os.getpid()}, "
+                      f"{', '.join(map(str, workers.pids))})", soft_wrap=True)
         from coffre.viewer.bundle import status_line as viewer_status_line
 
         out.print(viewer_status_line(s.data_dir, f"http://{s.http.host}:{http_port}"), soft_wrap=True)
@@ -137,6 +144,7 @@ def serve(
         try:
             server.run(sockets=[http_socket])
         finally:
+            workers.stop()
             dimse.stop()
             record_application(ctx, "stop")
             if exporter is not None:

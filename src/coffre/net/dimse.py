@@ -110,6 +110,17 @@ class _NoDelayServer(ThreadedAssociationServer):
         return client, address
 
 
+class _SharedPortServer(_NoDelayServer):
+    """The listener of one of ``[dicom] workers`` processes: ``SO_REUSEPORT`` lets every
+    worker bind the same port, and the kernel spreads new connections over them."""
+
+    def server_bind(self) -> None:
+        # pynetdicom's server_bind ignores socketserver's allow_reuse_port
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class _TlsServer(ThreadedAssociationServer):
     """The DICOM TLS listener: wraps each accepted socket, handshakes in its own thread.
 
@@ -169,8 +180,11 @@ def _over_tls(inner: Iterator[Any], context: ssl.SSLContext, hostname: str) -> I
 class DimseServer:
     """Owns the pynetdicom AE and its listening socket for one ``Context``."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, shared_port: bool = False, with_tls: bool = True) -> None:
+        """``shared_port``: bind with ``SO_REUSEPORT`` (``net.workers``); ``with_tls=False``:
+        no TLS listener in this process (the workers leave it to the serve process)."""
         self.ctx = ctx
+        self._server_class: type[ThreadedAssociationServer] = _SharedPortServer if shared_port else _NoDelayServer
         self._actors: weakref.WeakKeyDictionary[Any, Actor] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._server: Any = None
@@ -180,7 +194,7 @@ class DimseServer:
         self.tls_address: tuple[str, int] | None = None
         # built now, so that bad certificate files stop ``coffre serve`` at start-up
         tls_settings = ctx.settings.tls
-        self._tls_server_context = tls.server_context(tls_settings) if tls_settings.enabled else None
+        self._tls_server_context = tls.server_context(tls_settings) if tls_settings.enabled and with_tls else None
         self._tls_client_context = tls.client_context(tls_settings) if tls_settings.enabled else None
         self.ae = self._make_ae()
 
@@ -224,7 +238,7 @@ class DimseServer:
         self._server = self.ae.make_server(
             (s.host, s.port),
             evt_handlers=handlers,
-            server_class=_NoDelayServer,
+            server_class=self._server_class,
             contexts=_SharedContexts(self.ae.supported_contexts),
         )
         # as AE.start_server does: AE.shutdown() stops the servers it lists

@@ -1,0 +1,129 @@
+"""``[dicom] workers``: several processes accept associations on one DICOM port.
+
+The serve process and its worker share the port through SO_REUSEPORT; the kernel
+spreads connections over them. Checked with real peers: associations land in both
+processes, DCMTK ``storescu`` over four associations stores everything intact
+(``coffre check`` clean), and no worker outlives the serve process, whether it stops
+on SIGTERM or is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+
+from coffre.errors import ConfigurationError
+from coffre.settings import load_settings
+
+from .conftest import Archive
+from .dicomnet import write_instances
+
+WORKER_LINE = re.compile(r"DICOM port shared by (?P<n>\d+) processes \(pids (?P<pids>[\d, ]+)\)")
+
+
+def _pids(archive: Archive) -> list[int]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in archive.stdout_lines:
+            m = WORKER_LINE.search(line)
+            if m:
+                return [int(p) for p in m["pids"].split(",")]
+        time.sleep(0.05)
+    pytest.fail(f"no worker line in the serve output: {archive.stdout_lines}")
+
+
+def _sockets(pid: int) -> int:
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd).startswith("socket:"):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":  # exited, not yet reaped by its parent
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_workers_setting_is_bounded(tmp_path: Path) -> None:
+    assert load_settings(tmp_path, {"COFFRE_DICOM_WORKERS": "4"}).dicom.workers == 4
+    for bad in ("0", "65", "two"):
+        with pytest.raises(ConfigurationError):
+            load_settings(tmp_path, {"COFFRE_DICOM_WORKERS": bad})
+
+
+def test_associations_are_spread_over_the_processes(start_archive: Callable[..., Archive]) -> None:
+    archive = start_archive(COFFRE_DICOM_WORKERS="2")
+    pids = _pids(archive)
+    assert len(pids) == 2 and archive.proc is not None and pids[0] == archive.proc.pid
+    before = {pid: _sockets(pid) for pid in pids}
+    ae = AE(ae_title="PACS_A")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    # 16 connections: the kernel's hash puts them all in one process with p = 2 / 2**16
+    assocs = [ae.associate(archive.host, archive.dicom_port, ae_title=archive.ae_title) for _ in range(16)]
+    try:
+        assert all(a.is_established for a in assocs)
+        assert all(a.send_c_echo().Status == 0x0000 for a in assocs)
+        gained = {pid: _sockets(pid) - before[pid] for pid in pids}
+        assert all(n > 0 for n in gained.values()), gained
+        assert sum(gained.values()) >= 16
+    finally:
+        for a in assocs:
+            a.release()
+
+
+@pytest.mark.dcmtk
+def test_four_storescu_associations_store_everything(
+    start_archive: Callable[..., Archive], tmp_path: Path
+) -> None:
+    archive = start_archive(COFFRE_DICOM_WORKERS="2")
+    folders = [tmp_path / f"assoc{n}" for n in range(4)]
+    sent: dict[str, Path] = {}
+    for n, folder in enumerate(folders):
+        sent.update(write_instances(folder, 15, patient_id=f"WORK{n}"))
+    senders = [
+        subprocess.Popen(["storescu", "+sd", "-aet", "MODALITY_A", "-aec", archive.ae_title,
+                          archive.host, str(archive.dicom_port), str(folder)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=archive.env)
+        for folder in folders
+    ]
+    for proc in senders:
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output
+    for uid in sent:
+        archive.assert_intact(uid)
+    assert archive.instance_counts()["site-a"] == len(sent)
+    checked = archive.check()
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_workers_stop_with_the_serve_process(start_archive: Callable[..., Archive]) -> None:
+    stopped = start_archive(COFFRE_DICOM_WORKERS="3")
+    pids = _pids(stopped)
+    assert len(pids) == 3
+    stopped.assert_healthy_exit(stopped.stop())
+    stopped.inspected = True
+    assert all(_gone(pid) for pid in pids[1:])
+
+    killed = start_archive(COFFRE_DICOM_WORKERS="2")
+    worker = _pids(killed)[1]
+    killed.kill()
+    assert _gone(worker), "a worker outlived its killed serve process"

@@ -10,7 +10,7 @@ from pydicom.datadict import keyword_for_tag
 
 from coffre import __version__
 from coffre.dicom.attributes import BY_TAG, Kind, Level
-from coffre.dicom.query import COMPUTED_BY_TAG, MATCHABLE_COMPUTED, UNIQUE_KEY, queryable
+from coffre.dicom.query import COMPUTED_BY_TAG, MATCHABLE_COMPUTED, UNIQUE_KEY, InvalidQuery, queryable
 from coffre.dicom.sop_classes import STORAGE_SOP_CLASSES
 from coffre.dicom.transfer_syntaxes import ACCEPTED_TRANSFER_SYNTAXES
 from coffre.errors import (
@@ -172,8 +172,9 @@ def statement() -> str:
             ["0x0000", "Success: all matches sent"],
             ["0xFE00", "Cancel: C-CANCEL received; no more matches"],
             ["0xA700", f"Out of resources: more than `limits.max_query_results` (default {limits.max_query_results}) matches; the first ones were sent"],
-            ["0xA900", "Identifier does not match SOP class (missing or invalid level or unique key)"],
-            ["0xC000", "Unable to process (malformed range, undecodable identifier)"],
+            [f"0x{InvalidQuery.dimse_status:04X}",
+             "Identifier does not match SOP class (missing or invalid level or unique key; malformed range, date or time)"],
+            ["0xC000", "Unable to process (undecodable identifier)"],
             ["0x0124", "Not authorized (the node may not query)"],
         ]),
         "",

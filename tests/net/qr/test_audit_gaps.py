@@ -458,9 +458,6 @@ def _documented(status: int, section: str) -> str:
     return ""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a malformed range raises InvalidQuery (0xA900) but conformance.py documents it under 0xC000; "
-    "see the issue 3 audit report for the proposed change"))
 def test_malformed_range_status_is_the_documented_one(qr: QR, tmp_path: Path) -> None:
     r = findscu(qr.host, qr.port, tmp_path / "rsp", "STUDY", "StudyDate=20240101-20241301", "StudyInstanceUID")
     assert len(r.statuses) == 1 and r.datasets == [], r.log

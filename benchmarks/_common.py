@@ -331,12 +331,15 @@ def dd_ceiling(folder: Path, mib: int = 1024) -> dict[str, float]:
 class PySpy:
     """``py-spy record --format raw`` attached to a process; summarised into top frames."""
 
-    def __init__(self, pid: int, out: Path, *, rate: int = 200, native: bool = False) -> None:
+    def __init__(self, pid: int, out: Path, *, rate: int = 200, native: bool = False,
+                 subprocesses: bool = False) -> None:
         self.out = out
         args = [PYSPY, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
                 "--output", str(out), "--nonblocking"]
         if native:
             args.append("--native")
+        if subprocesses:  # [dicom] workers: sample the worker processes too
+            args.append("--subprocesses")
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.5)
 
@@ -366,6 +369,7 @@ def _frame_name(frame: str) -> str:
 Rules = Sequence[tuple[str, Sequence[str]]]
 
 STORE_RULES: Rules = (
+    ("index: writer gate (waiting for the previous writer, thread lock + flock)", ("WriterGate.held",)),
     ("index: BEGIN IMMEDIATE (waiting for the SQLite write lock)", ("_on_begin",)),
     ("index: COMMIT (WAL fsync, synchronous=FULL)", ("do_commit",)),
     ("blob store put (write, sha256, fsync file + folder)", ("FileSystemBlobStore",)),

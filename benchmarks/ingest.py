@@ -89,7 +89,7 @@ def run_coffre(files: list[Path], work: Path, *, associations: int,
     rmtree(data)
     server = CoffreServer(data, extra_env={"COFFRE_DICOM_WORKERS": str(workers)})
     with server:
-        spy = PySpy(server.pid, profile) if profile else None
+        spy = PySpy(server.pid, profile, subprocesses=workers > 1) if profile else None
         c0 = server.cpu()
         seconds = run_storescu(files, server.dicom_port, aec=server.ae_title, associations=associations)
         cpu = server.cpu() - c0
@@ -244,7 +244,7 @@ def main() -> None:
                 raw = OUT / f"ingest-{n}assoc.pyspy.txt"
                 OUT.mkdir(parents=True, exist_ok=True)
                 log(f"profiling coffre with py-spy, {n} association(s), {len(pfiles)} slices")
-                figures = run_coffre(pfiles, work, associations=n, profile=raw)
+                figures = run_coffre(pfiles, work, associations=n, profile=raw, workers=max(worker_counts))
                 summary = summarize_collapsed(raw, rules=STORE_RULES)
                 summary["run_under_profiler"] = figures
                 summary["raw"] = str(raw)

@@ -4,9 +4,9 @@ DESIGN rule 4, in order:
 
 1. validate the encoded object with the bounded parser (``dicom.instance``), before
    any IO; check it matches what the transport announced (PS3.4 B.2.3 0xA900);
-2. if these exact bytes are already archived for the facility: idempotent success,
-   no second blob;
-3. reserve a ``pending`` file row (its own short transaction);
+2. in one short transaction: if these exact bytes are already archived for the
+   facility, idempotent success (audited), no second blob; else
+3. reserve a ``pending`` file row;
 4. write the blob (temp file, fsync, rename; fsync of the folder);
 5. in one transaction: index patient/study/series/instance, link a new local identity
    to its person (qualified INS match, else a new person with possible matches queued
@@ -75,21 +75,22 @@ def ingest(
         raise
     sha256 = hashlib.sha256(data).hexdigest()
 
-    with ctx.db.read() as tx:
-        existing = index.find_stored_copy(tx, facility.id, parsed.sop_instance_uid, sha256)
-    if existing is not None:
-        with ctx.db.write() as tx:
-            audit.record(ctx, tx, actor, "store", facility_id=facility.id, object_type="instance",
-                         object_id=parsed.sop_instance_uid, detail={"status": "duplicate", "source": source})
-        return _result(IngestStatus.DUPLICATE, parsed, sha256, len(data), existing)
-
     key = new_blob_key(facility)
     now = ctx.clock()
     with ctx.db.write() as tx:
-        file_pk = index.reserve_file(
-            tx, facility_id=facility.id, sop_instance_uid=parsed.sop_instance_uid,
-            blob_key=key, size=len(data), sha256=sha256, source=source, now=now,
-        )
+        # one transaction for the duplicate check and the reservation (was a read, then a
+        # write: one fewer BEGIN/COMMIT per stored object)
+        existing = index.find_stored_copy(tx, facility.id, parsed.sop_instance_uid, sha256)
+        if existing is not None:
+            audit.record(ctx, tx, actor, "store", facility_id=facility.id, object_type="instance",
+                         object_id=parsed.sop_instance_uid, detail={"status": "duplicate", "source": source})
+        else:
+            file_pk = index.reserve_file(
+                tx, facility_id=facility.id, sop_instance_uid=parsed.sop_instance_uid,
+                blob_key=key, size=len(data), sha256=sha256, source=source, now=now,
+            )
+    if existing is not None:
+        return _result(IngestStatus.DUPLICATE, parsed, sha256, len(data), existing)
     written = False
     try:
         ctx.blobs.put(key, data, sha256=sha256)

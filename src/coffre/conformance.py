@@ -10,7 +10,13 @@ from pydicom.datadict import keyword_for_tag
 
 from coffre import __version__
 from coffre.dicom.attributes import BY_TAG, Kind, Level
-from coffre.dicom.query import COMPUTED_BY_TAG, MATCHABLE_COMPUTED, UNIQUE_KEY, InvalidQuery, queryable
+from coffre.dicom.query import (
+    COMPUTED_BY_TAG,
+    MATCHABLE_COMPUTED,
+    UNIQUE_KEY,
+    InvalidQuery,
+    queryable,
+)
 from coffre.dicom.sop_classes import STORAGE_SOP_CLASSES
 from coffre.dicom.transfer_syntaxes import ACCEPTED_TRANSFER_SYNTAXES
 from coffre.errors import (
@@ -42,6 +48,7 @@ _MATCHING = {
     Kind.PN: "as text, case- and accent-insensitive",
     Kind.DATE: "single value, range (`a-b`, `-b`, `a-`), empty, universal",
     Kind.TIME: "single value (the interval it names), range, empty, universal",
+    Kind.DATETIME: "single value (the interval it names), range (`a-b`, `-b`, `a-`), empty, universal; offsets from UTC honoured (see 4)",
     Kind.INT: "single value, empty, universal",
 }
 
@@ -159,6 +166,19 @@ def statement() -> str:
         "facility's data. Results are UTF-8 (`ISO_IR 192`). RetrieveAETitle is the",
         "archive's AE title; InstanceAvailability is `ONLINE`.",
         "",
+        "Date, time and datetime range matching (PS3.4 C.2.2.2.5) compares values padded to",
+        "full precision; a TM or DT single value matches the whole interval it names (DT",
+        "`2024`: from `20240101000000` to `20241231235959.999999`). A DT value with an offset",
+        "from UTC (`&ZZXX`, PS3.5 6.2), stored or in a query, is converted to UTC, so instants",
+        "written in different zones compare correctly; a DT without an offset is compared",
+        "as written, as if it were UTC: the archive cannot know the local time zone it was",
+        "meant in (Timezone Offset From UTC (0008,0201) is not applied). In a DT key, a",
+        "hyphen followed by exactly four digits that end the value or the first part of a",
+        "range, itself of at least eight digits, is a negative offset (`20240101-0500`, one",
+        "day in UTC-5; `20240101-0500-20240102-0500`, a range); any other hyphen separates",
+        "the range (`2024-0500` is a range). DT values are returned at full precision",
+        "without a trailing zero fraction, in UTC (`+0000`) when received with an offset.",
+        "",
     ]
     for level in (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE):
         lines += [f"### 4.{(Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE).index(level) + 1} {level.value} level", ""]
@@ -173,7 +193,7 @@ def statement() -> str:
             ["0xFE00", "Cancel: C-CANCEL received; no more matches"],
             ["0xA700", f"Out of resources: more than `limits.max_query_results` (default {limits.max_query_results}) matches; the first ones were sent"],
             [f"0x{InvalidQuery.dimse_status:04X}",
-             "Identifier does not match SOP class (missing or invalid level or unique key; malformed range, date or time)"],
+             "Identifier does not match SOP class (missing or invalid level or unique key; malformed range, date, time or datetime)"],
             ["0xC000", "Unable to process (undecodable identifier)"],
             ["0x0124", "Not authorized (the node may not query)"],
         ]),

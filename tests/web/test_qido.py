@@ -21,8 +21,9 @@ from dicomweb_client import DICOMwebClient
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
-from coffre.dicom.synthetic import InstanceSpec
+from coffre.dicom.synthetic import InstanceSpec, encode, make_dataset
 from coffre.model import Actor, Permission
+from coffre.services.ingest import ingest
 from coffre.services.tokens import create_token
 from coffre.web.dicomweb import dicomjson
 from coffre.web.dicomweb.qido import TRUNCATED
@@ -285,6 +286,42 @@ def test_matching(client: TestClient, web: WebArchive, territory: Territory) -> 
                    f"SOPInstanceUID={t.s1_sops[0]},{t.s1_sops[2]}&includefield=SeriesNumber")
     assert {str(value(ds, "00080018")): value(ds, "00200011") for ds in found} == {
         t.s1_sops[0]: 1, t.s1_sops[2]: 2}
+
+
+def test_datetime_range_matching_on_instances(client: TestClient, web: WebArchive) -> None:
+    """AcquisitionDateTime (DT) single value and ranges (PS3.4 C.2.2.2.5) on /instances;
+    a value with an offset from UTC compares as its instant and is returned in UTC."""
+    study, series = generate_uid(), generate_uid()
+    sops: dict[int, str] = {}
+    sent = {1: "20240101120000", 2: "20240101120000+0100", 3: "20240102083000.25", 4: None}
+    for number, acquired in sent.items():
+        ds = make_dataset(InstanceSpec(study_uid=study, series_uid=series, instance_number=number,
+                                       rows=8, columns=8))  # fmt: skip
+        if acquired is not None:
+            ds.AcquisitionDateTime = acquired
+        ingest(web.ctx, web.actor_a, encode(ds), source="test")
+        sops[number] = str(ds.SOPInstanceUID)
+
+    def found(query: str) -> list[int]:
+        results = search(client, web, "/instances", f"AcquisitionDateTime={query}")
+        return sorted(sops_by_uid[str(value(ds, "00080018"))] for ds in results)
+
+    sops_by_uid = {uid: number for number, uid in sops.items()}
+    assert found("20240101-20240102") == [1, 2, 3]  # closed range, whole days
+    assert found("20240101-20240101113000") == [2]  # 11:00 UTC; 1 is 12:00 as written
+    assert found("-20240101") == [1, 2]  # open ranges; 4 has no value
+    assert found("20240102-") == [3]
+    assert found("2024") == [1, 2, 3]  # a single value names an interval
+    assert found("20240101120000%2B0100") == [2]  # the same instant as 11:00 UTC
+    assert found("20240101-0500") == [1, 2]  # one day in UTC-5: a negative offset, no range
+    assert found("20240102083000.25") == [3]
+    assert found("%22%22") == [4]  # empty value matching
+    [offset] = search(client, web, "/instances", "AcquisitionDateTime=20240101120000%2B0100")
+    assert offset["0008002A"] == {"vr": "DT", "Value": ["20240101110000+0000"]}
+    [fraction] = search(client, web, "/instances", "AcquisitionDateTime=20240102")
+    assert fraction["0008002A"] == {"vr": "DT", "Value": ["20240102083000.25"]}
+    response = client.get(f"{BASE}/instances?AcquisitionDateTime=20241301-", headers=web.headers())
+    assert response.status_code == 400 and response.json()["error"] == "InvalidQuery"
 
 
 def test_unsupported_and_unknown_keys_warn(client: TestClient, web: WebArchive,

@@ -12,6 +12,9 @@ Kinds decide how a value is stored:
   (upper case, accents removed, PS3.5 6.2 component separators kept);
 - ``date``: ``YYYYMMDD`` (DA, PS3.5 6.2), so that range matching is lexicographic;
 - ``time``: ``HHMMSS.FFFFFF`` padded (TM), idem;
+- ``datetime``: ``YYYYMMDDHHMMSS.FFFFFF`` padded (DT, PS3.5 6.2), converted to UTC and
+  suffixed ``+0000`` when the value carries an offset from UTC
+  (:func:`coffre.dicom.instance.normalize_dt`), idem;
 - ``int``: an integer (IS, US), or NULL when absent or malformed.
 """
 
@@ -35,6 +38,7 @@ class Kind(enum.StrEnum):
     PN = "pn"
     DATE = "date"
     TIME = "time"
+    DATETIME = "datetime"
     INT = "int"
 
 
@@ -87,6 +91,7 @@ INDEXED_ATTRIBUTES: tuple[IndexedAttribute, ...] = (
     _a("InstanceNumber", 0x00200013, "IS", IM, "instance_number", Kind.INT),
     _a("ContentDate", 0x00080023, "DA", IM, "content_date", Kind.DATE, 8),
     _a("ContentTime", 0x00080033, "TM", IM, "content_time", Kind.TIME, 16),
+    _a("AcquisitionDateTime", 0x0008002A, "DT", IM, "acquisition_datetime", Kind.DATETIME, 26),
     _a("NumberOfFrames", 0x00280008, "IS", IM, "number_of_frames", Kind.INT),
     _a("Rows", 0x00280010, "US", IM, "rows", Kind.INT),
     _a("Columns", 0x00280011, "US", IM, "columns", Kind.INT),

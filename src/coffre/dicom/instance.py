@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from io import BytesIO
 from typing import Any
 
@@ -246,6 +247,60 @@ def normalize_tm(value: str) -> str | None:
     return f"{hours:02d}{minutes:02d}{seconds:02d}.{(frac or '').ljust(6, '0')}"
 
 
+_DT_RE = re.compile(
+    r"([0-9]{4})(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(?:\.([0-9]{1,6}))?)?)?)?)?)?"
+    r"(?:([+-])([0-9]{2})([0-9]{2}))?"
+)
+#: PS3.5 6.2 DT: "&ZZXX" lies between -1200 and +1400
+_DT_OFFSET_RANGE = (-12 * 60, 14 * 60)
+
+
+def normalize_dt(value: str, *, end: bool = False) -> str | None:
+    """A sortable canonical DT (PS3.5 6.2: ``YYYY[MM[DD[HH[MM[SS[.F{1-6}]]]]]][&ZZXX]``).
+
+    The result is zero padded to full precision, ``YYYYMMDDHHMMSS.FFFFFF``, so that
+    range matching (PS3.4 C.2.2.2.5) is a string comparison. With an offset from UTC
+    (``&ZZXX``, -1200 to +1400) the instant is converted to UTC and ``+0000`` appended,
+    so that values written in different zones compare as the instants they are. A value
+    without an offset is compared as written: the archive cannot know the local time
+    zone it was meant in (Timezone Offset From UTC (0008,0201) is not applied), so it is
+    ordered as if it were UTC.
+
+    ``end=True`` gives the last instant of the interval a less precise value names
+    (``2024`` -> ``20241231235959.999999``), the upper bound of a query. None when the
+    value is not a valid DT.
+    """
+    match = _DT_RE.fullmatch(value.strip())
+    if match is None:
+        return None
+    yyyy, mo, dd, hh, mi, ss, frac, sign, zh, zm = match.groups()
+    year = int(yyyy)
+    month = int(mo) if mo else (12 if end else 1)
+    if not 1 <= month <= 12:
+        return None
+    last_day = _days_in_month(year, month)
+    day = int(dd) if dd else (last_day if end else 1)
+    hours = int(hh) if hh else (23 if end else 0)
+    minutes = int(mi) if mi else (59 if end else 0)
+    seconds = int(ss) if ss else (59 if end else 0)
+    if not 1 <= day <= last_day or hours > 23 or minutes > 59 or seconds > 60:
+        return None
+    fraction = (frac or "").ljust(6, "9" if end else "0")
+    if sign is None:
+        return f"{year:04d}{month:02d}{day:02d}{hours:02d}{minutes:02d}{seconds:02d}.{fraction}"
+    offset = int(zh) * 60 + int(zm)
+    offset = -offset if sign == "-" else offset
+    if int(zm) > 59 or not _DT_OFFSET_RANGE[0] <= offset <= _DT_OFFSET_RANGE[1]:
+        return None
+    # offsets are whole minutes: seconds (a leap second 60 too) and fraction are kept
+    try:
+        utc = datetime(year, month, day, hours, minutes) - timedelta(minutes=offset)
+    except (ValueError, OverflowError):  # year 0, or beyond year 9999 once in UTC
+        return None
+    stamp = f"{utc.year:04d}{utc.month:02d}{utc.day:02d}{utc.hour:02d}{utc.minute:02d}"
+    return f"{stamp}{seconds:02d}.{fraction}+0000"
+
+
 def _text(value: Any) -> str:
     if isinstance(value, MultiValue | list | tuple):
         return "\\".join(str(v).strip() for v in value)
@@ -278,6 +333,11 @@ def _attributes(ds: Dataset, notes: list[str]) -> dict[str, str | int | None]:
             normalized = normalize_tm(text)
             if normalized is None:
                 notes.append(f"{attr.keyword}: malformed time; not indexed")
+            text = normalized or ""
+        elif attr.kind is Kind.DATETIME and text:
+            normalized = normalize_dt(text)
+            if normalized is None:
+                notes.append(f"{attr.keyword}: malformed datetime; not indexed")
             text = normalized or ""
         text = _fit(attr, text, notes)
         out[attr.column] = text

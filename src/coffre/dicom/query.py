@@ -12,7 +12,12 @@ Matching types (PS3.4 C.2.2.2):
   alternatives (any one matches);
 - *universal* (C.2.2.2.3): an empty value; the key is only returned;
 - *wild card* (C.2.2.2.4): ``*`` and ``?``;
-- *range* (C.2.2.2.5): ``a-b``, ``-b``, ``a-`` for DA and TM;
+- *range* (C.2.2.2.5): ``a-b``, ``-b``, ``a-`` for DA, TM and DT. A TM or DT single
+  value matches the whole interval it names (``2024`` as a DT: the whole year). In a DT,
+  a hyphen followed by exactly four digits at the end of a component of at least eight
+  digits is a negative offset from UTC (``20240101-0500``), any other the range
+  separator; DT values with an offset compare as UTC instants, those without as
+  written (:func:`~coffre.dicom.instance.normalize_dt`);
 - *empty value* (C.2.2.2.? "Empty Value Matching", PS3.4 C.2.2.2.1): ``""`` matches
   attributes that are absent or empty.
 
@@ -32,7 +37,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from coffre.dicom.attributes import BY_TAG, INDEXED_ATTRIBUTES, Kind, Level
-from coffre.dicom.instance import normalize_da, normalize_pn, normalize_tm
+from coffre.dicom.instance import normalize_da, normalize_dt, normalize_pn, normalize_tm
 from coffre.errors import CoffreError
 
 
@@ -188,7 +193,7 @@ def make_filter(tag: int, raw: str) -> Filter | None:
         return None  # "*" alone is universal matching (C.2.2.2.4), whatever the VR
     vr = _vr(tag)
     kind = _kind(tag)
-    if kind in (Kind.DATE, Kind.TIME):
+    if kind in (Kind.DATE, Kind.TIME, Kind.DATETIME):
         return _date_time_filter(tag, kind, value)
     if kind is Kind.INT:
         try:
@@ -215,30 +220,85 @@ def _collapse(pattern: str) -> str:
 
 
 def _date_time_filter(tag: int, kind: Kind, value: str) -> Filter:
-    norm = normalize_da if kind is Kind.DATE else normalize_tm
-    if "-" in value:
-        low_raw, _, high_raw = value.partition("-")
-        low = norm(low_raw) if low_raw.strip() else ""
+    """Single value or range matching of a DA, TM or DT key (PS3.4 C.2.2.2.1, C.2.2.2.5)."""
+    parts = _range_parts(tag, kind, value)
+    if parts is not None:
+        low_raw, high_raw = parts
+        low = _lower_bound(kind, low_raw) if low_raw.strip() else ""
         high = _upper_bound(kind, high_raw) if high_raw.strip() else ""
         if low is None or high is None or (low == "" and high == ""):
             raise InvalidQuery(f"{_name(tag)}: malformed range")
         return Filter(tag, Match.RANGE, (low, high))
-    if kind is Kind.TIME:
-        # a time with less precision matches the whole interval it names
-        low, high = norm(value), _upper_bound(kind, value)
+    if kind in (Kind.TIME, Kind.DATETIME):
+        # a time or datetime with less precision matches the whole interval it names
+        low, high = _lower_bound(kind, value), _upper_bound(kind, value)
         if low is None or high is None:
-            raise InvalidQuery(f"{_name(tag)}: malformed time")
+            raise InvalidQuery(f"{_name(tag)}: malformed {kind.value}")
         return Filter(tag, Match.RANGE, (low, high))
-    single = norm(value)
+    single = normalize_da(value)
     if single is None:
         raise InvalidQuery(f"{_name(tag)}: malformed date")
     return Filter(tag, Match.SINGLE, (single,))
 
 
+_DIGITS = frozenset("0123456789")
+#: the suffix of a normalised DT that carried an offset from UTC (``normalize_dt``)
+_UTC = "+0000"
+
+
+def _range_parts(tag: int, kind: Kind, value: str) -> tuple[str, str] | None:
+    """``(low, high)`` raw parts of a range value (``""`` for an open end), None for a
+    single value (PS3.4 C.2.2.2.5).
+
+    In a DT, ``-`` also starts a negative offset from UTC (PS3.5 6.2 ``&ZZXX``): a hyphen
+    followed by exactly four digits that end the value or the first component of a range,
+    itself of at least eight digits (``YYYYMMDD`` or more), is an offset; any other hyphen
+    separates the range. So ``20240101-0500`` is one day in UTC-5, ``2024-0500`` a range
+    from 2024 to 0500; a value with two separating hyphens is an :class:`InvalidQuery`.
+    """
+    if kind is not Kind.DATETIME:
+        if "-" not in value:
+            return None
+        low, _, high = value.partition("-")
+        return low, high
+    separators: list[int] = []
+    start = 0
+    for index, char in enumerate(value):
+        if char != "-":
+            continue
+        zone = value[index + 1 : index + 5]
+        after = value[index + 5 : index + 6]
+        digits = sum(c in _DIGITS for c in value[start:index])
+        if len(zone) == 4 and set(zone) <= _DIGITS and after in ("", "-") and digits >= 8:
+            continue  # a negative offset from UTC
+        separators.append(index)
+        start = index + 1
+    if not separators:
+        return None
+    if len(separators) > 1:
+        raise InvalidQuery(f"{_name(tag)}: malformed range")
+    return value[: separators[0]], value[separators[0] + 1 :]
+
+
+def _lower_bound(kind: Kind, raw: str) -> str | None:
+    if kind is Kind.DATE:
+        return normalize_da(raw)
+    if kind is Kind.TIME:
+        return normalize_tm(raw)
+    # "X" sorts before "X+0000": a lower bound without the suffix takes in both forms
+    value = normalize_dt(raw)
+    return None if value is None else value.removesuffix(_UTC)
+
+
 def _upper_bound(kind: Kind, raw: str) -> str | None:
+    """The last instant of the interval ``raw`` names (``0830`` -> ``083059.999999``)."""
     raw = raw.strip()
     if kind is Kind.DATE:
         return normalize_da(raw)
+    if kind is Kind.DATETIME:
+        # "X+0000" sorts after "X": an upper bound with the suffix takes in both forms
+        value = normalize_dt(raw, end=True)
+        return None if value is None else value.removesuffix(_UTC) + _UTC
     digits = raw.replace(":", "")
     whole, _, frac = digits.partition(".")
     if not whole.isdigit() or len(whole) not in (2, 4, 6):

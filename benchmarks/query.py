@@ -22,7 +22,11 @@ Measured, each kind 200 times (queries drawn at random, same seed every run):
 Floors in the same run: the same clients doing association + C-ECHO + release
 (``echoscu`` / pynetdicom) against Coffre and against DCMTK ``storescp`` (which
 answers C-ECHO): the cost of an association before any query work. Coffre C-FIND
-latency is reported as a ratio to them.
+latency is reported as a ratio to them. The pynetdicom server floor: the pynetdicom
+client against a do-nothing pynetdicom SCP (``benchmarks/_noop_scp.py``, same transport
+settings as Coffre), for a C-ECHO and for a C-FIND answered with 4 canned identifiers
+(what pynetdicom's upper layer costs with no index, no audit and no dataset building),
+with that SCP's CPU per C-FIND.
 
 ``--profile`` adds a pyinstrument profile of 200 in-process C-FIND calls through the
 same handler the listener runs (``coffre.net.find.handle_find``), and a py-spy recording
@@ -193,6 +197,36 @@ def run_echoscu(port: int, aec: str, n: int) -> dict[str, Any]:
     return _stats(latencies)
 
 
+class NoopSCP:
+    """``benchmarks/_noop_scp.py``: a pynetdicom SCP that does no work (the server floor)."""
+
+    def __init__(self, matches: int = 4) -> None:
+        from _common import free_port
+
+        self.port, self.matches = free_port(), matches
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> NoopSCP:
+        from _common import wait_port
+
+        script = Path(__file__).with_name("_noop_scp.py")
+        self.proc = subprocess.Popen([sys.executable, str(script), str(self.port), "--find-matches", str(self.matches)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def cpu(self) -> float:
+        from _common import cpu_seconds
+
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid)
+
+
 def _pynetdicom_ae() -> Any:
     from pynetdicom import AE
 
@@ -254,6 +288,7 @@ def run_pynetdicom(port: int, aec: str, queries: list[dict[str, str]] | None, n:
 def pyinstrument_find(data: Path, queries: list[dict[str, str]]) -> str:
     """Profile the C-FIND handler in-process (no network): 200 calls of handle_find."""
     from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian
     from pyinstrument import Profiler
 
     from coffre.app import build_context
@@ -270,9 +305,13 @@ def pyinstrument_find(data: Path, queries: list[dict[str, str]]) -> str:
     class _Req:
         AffectedSOPClassUID = STUDY_ROOT_FIND
 
+    class _Context:
+        transfer_syntax = ExplicitVRLittleEndian
+
     class _Event:
         def __init__(self, identifier: Dataset) -> None:
             self.identifier, self.request, self.is_cancelled = identifier, _Req(), False
+            self.context = _Context()
 
     def one(q: dict[str, str]) -> None:
         ds = Dataset()
@@ -352,6 +391,13 @@ def main() -> None:
             results["floor: echoscu -> Coffre"] = run_echoscu(server.dicom_port, server.ae_title, f)
             results["floor: pynetdicom echo -> storescp"] = run_pynetdicom(scp.port, "STORESCP", None, f)
             results["floor: pynetdicom echo -> Coffre"] = run_pynetdicom(server.dicom_port, server.ae_title, None, f)
+            with NoopSCP(matches=4) as noop:
+                run_pynetdicom(noop.port, "NOOP", None, 5)  # warm-up
+                results["floor: pynetdicom echo -> pynetdicom no-op SCP"] = run_pynetdicom(noop.port, "NOOP", None, f)
+                c_noop = noop.cpu()
+                results["floor: pynetdicom C-FIND -> pynetdicom no-op SCP (4 canned matches)"] = run_pynetdicom(
+                    noop.port, "NOOP", queries["by PatientID"][:f])
+                doc["noop_scp_cpu_ms_per_query"] = round(1000 * (noop.cpu() - c_noop) / f, 2)
             c0 = server.cpu()
             for kind, qs in queries.items():
                 log(f"findscu {kind}")
@@ -425,7 +471,8 @@ def markdown(doc: dict[str, Any]) -> str:
     for name, r in doc["results"].items():
         rt = doc["ratios"].get(name)
         if rt is None:
-            what = "no network (floor)" if "version" in name else "C-ECHO (floor)"
+            what = ("no network (floor)" if "version" in name
+                    else "C-FIND, no work (floor)" if "C-FIND" in name else "C-ECHO (floor)")
             lines.append(f"| {name.removeprefix('floor: ')} | {what} | {r['median_ms']} | {r['p95_ms']} | "
                          "- | - | - | - |")
         else:
@@ -433,7 +480,8 @@ def markdown(doc: dict[str, Any]) -> str:
             met = "**met**" if rt["target_met"] else "**not met**"
             lines.append(f"| {client} -> Coffre | {kind} | **{r['median_ms']}** | {r['p95_ms']} | "
                          f"{r.get('mean_matches')} | {rt['vs_dcmtk_echo_median']} | {rt['vs_coffre_echo_median']} | {met} |")
-    lines += ["", f"Server CPU per C-FIND (association included): {doc['server_cpu_ms_per_query']} ms.", ""]
+    lines += ["", f"Server CPU per C-FIND (association included): {doc['server_cpu_ms_per_query']} ms; "
+              f"the no-op pynetdicom SCP's: {doc.get('noop_scp_cpu_ms_per_query', '-')} ms.", ""]
     exp = doc.get("experiment_shallow_contexts")
     if exp:
         lines += ["## Experiment: pynetdicom without the per-association deepcopy of the contexts", "",

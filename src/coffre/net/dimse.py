@@ -25,17 +25,24 @@ DIMSE status (``net.statuses``).
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import gc
 import logging
+import os
+import queue
+import select
 import socket
 import ssl
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
+import pynetdicom
 from pynetdicom import AE, _config, evt
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from coffre.app import Context
 from coffre.dicom.sop_classes import STORAGE_SOP_CLASSES
@@ -43,7 +50,7 @@ from coffre.dicom.transfer_syntaxes import ACCEPTED_TRANSFER_SYNTAXES, TransferS
 from coffre.errors import CoffreError
 from coffre.model import Actor
 from coffre.net import tls
-from coffre.net.find import MODELS, handle_find
+from coffre.net.find import MODELS, handle_find, send_prepared_identifiers
 from coffre.net.retrieve import handle_get, handle_move
 from coffre.net.statuses import failure_status, store_success
 from coffre.services import facilities
@@ -83,31 +90,237 @@ def preferred_order() -> list[str]:
 
 
 class _SharedContexts(list[Any]):
-    """The supported presentation contexts, copied cheaply for each association.
+    """The supported presentation contexts, shared by every association.
 
     pynetdicom deep-copies the server's contexts for every association; with ~200
     Storage SOP classes x 25 transfer syntaxes that re-creates and re-validates ~5,000
     UID objects and was most of the cost of a C-ECHO or C-FIND association here
-    (docs/performance.md). UIDs are immutable strings: a fresh context object with
-    its own transfer syntax list is all negotiation needs.
+    (docs/performance.md). Even a shallow copy of each context (a new object and its own
+    transfer syntax list) was 14 % of the CPU of a C-FIND association. Negotiation
+    (PS3.8 9.3.2.2; pynetdicom's ``negotiate_as_acceptor``) only reads the acceptor's
+    contexts and builds new result contexts, so each association gets a new list of the
+    same context objects; nothing in Coffre changes them after ``_make_ae``
+    (``tests/net/test_dimse_contexts.py`` checks that associations leave them as they were).
     """
 
     def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
-        fresh = []
-        for cx in self:
-            new = copy.copy(cx)
-            new._transfer_syntax = list(cx._transfer_syntax)
-            fresh.append(new)
-        return fresh
+        return list(self)
+
+
+def _young_collection() -> None:
+    """What the accepting thread does between requests instead of a full collection.
+
+    pynetdicom's ``AssociationServer.service_actions`` runs ``gc.collect()`` every 60
+    passes of the accept loop (after every association, and every 0.5 s when idle). A
+    full collection of this process's heap (SQLAlchemy, pydicom's dictionaries, ~5,000
+    presentation contexts) takes 50-65 ms here with the GIL held, stalling every
+    association in flight (docs/performance.md, section 4). The young generations hold
+    what an association leaves behind; CPython's own thresholds still run the full
+    collections when the heap has grown enough to need one.
+    """
+    gc.collect(1)
+
+
+class _WakingQueue(queue.Queue[Any]):
+    """A queue that calls ``wake`` after each ``put`` (tells a waiting reactor)."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class _Wakeup:
+    """An ``eventfd`` that wakes a DUL thread waiting in ``select``; closed once (by
+    ``_WakingDUL.stop_dul`` when the thread has ended, else when garbage-collected)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def wake(self) -> None:
+        with self._lock:
+            if self.fd >= 0:
+                os.eventfd_write(self.fd, 1)
+
+    def drain(self) -> None:
+        with self._lock, contextlib.suppress(OSError):
+            if self.fd >= 0:
+                os.eventfd_read(self.fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+
+
+class _WakingSocket(AssociationSocket):
+    """The DUL's socket, whose ``ready`` waits (at most ``_POLL`` s) for incoming data or
+    for a primitive to send, instead of the DUL sleeping a fixed 1 ms between checks.
+
+    pynetdicom's DUL thread polls: every loop that found nothing sleeps
+    ``_run_loop_delay`` (1 ms), so each PDU received and each PDU sent waits up to 1 ms
+    for the loop to come round; an association with one C-FIND waits so about eight
+    times (docs/performance.md, section 4). Here the DUL's own sleep is 0 and the wait
+    happens in ``select`` on the peer's socket and an ``eventfd`` written when a
+    primitive is queued for sending: the thread wakes as soon as there is work, and
+    still loops at least every ``_POLL`` s for its timers and its kill flag, as before.
+    """
+
+    wakeup: _Wakeup
+
+    @property
+    def ready(self) -> bool:
+        sock = self.socket
+        if sock is None or self._is_connected is False:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        wake_fd = self.wakeup.fd
+        try:
+            fd = sock.fileno()
+            readable, _, _ = select.select([fd, wake_fd] if wake_fd >= 0 else [fd], [], [], _POLL)
+        except (OSError, TimeoutError, ValueError):
+            self.event_queue.put("Evt17")  # transport connection closed, as pynetdicom does
+            return False
+        if wake_fd >= 0 and wake_fd in readable:
+            self.wakeup.drain()
+        return fd in readable
+
+
+class _WakingAssociation(Association):
+    """An acceptor whose reactor waits for its next message instead of sleeping 1 ms.
+
+    pynetdicom's ``Association._run_reactor`` sleeps 1 ms at the top of every loop before
+    it looks for a decoded DIMSE message or an A-RELEASE/A-ABORT from the DUL. Here the
+    DUL's queues to this thread (``_WakingQueue``) set ``_wake``, and the loop waits on it
+    for at most the same 1 ms: the same loop, woken as soon as there is work. The body is
+    pynetdicom 3.0's, with that wait in place of the sleep (``_EVENT_REACTORS``).
+    """
+
+    _wake: threading.Event
+
+    def kill(self) -> None:
+        super().kill()  # returns once the DUL thread has ended
+        if not self.dul.is_alive():
+            cast(_WakingSocket, self.dul.socket).wakeup.close()
+
+    def _run_reactor(self) -> None:
+        self._is_paused = False
+        while not self._kill:
+            self._wake.wait(_POLL)
+            self._wake.clear()
+            # pynetdicom: the reactor may be paused by send_*() / release()
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                _UL_LOG.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+            if self.acse.is_aborted():
+                _UL_LOG.info("Association Aborted" + (" (A-P-ABORT)" if self.acse.is_aborted("a-p-abort") else ""))
+                self.dul.receive_pdu(wait=False)  # so that EVT_ACSE_RECV fires
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+            if not self.dul.is_alive():
+                self.kill()
+                return
+            if self.dul.idle_timer_expired():
+                _UL_LOG.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+class _WakingDUL(DULServiceProvider):
+    """The DUL of a ``_WakingSocket``: stopping it wakes its wait instead of polling."""
+
+    def stop_dul(self) -> bool:
+        if self.state_machine.current_state != "Sta1":
+            return False
+        self._kill_thread = True
+        wakeup = cast(_WakingSocket, self.socket).wakeup
+        wakeup.wake()
+        if threading.current_thread() is not self:
+            while self.is_alive():
+                self.join(_POLL)
+            wakeup.close()
+        return True
+
+
+#: the most a reactor waits before it looks at its timers and kill flag again (pynetdicom's 1 ms)
+_POLL = 0.001
+#: pynetdicom's association log, where the reactor's own messages go
+_UL_LOG = logging.getLogger("pynetdicom.association")
+#: the reactor bodies above are pynetdicom 3.0's; another version keeps its own reactors
+_EVENT_REACTORS = pynetdicom.__version__.startswith("3.0.") and hasattr(os, "eventfd")
+
+
+class _RequestHandler(RequestHandler):
+    """pynetdicom's request handler, with acceptors woken by events (``_WakingSocket``,
+    ``_WakingAssociation``) instead of polling every 1 ms."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        if not _EVENT_REACTORS:
+            return assoc
+        wake = threading.Event()
+        assert assoc.dul.socket is not None
+        assoc.dul.socket.__class__ = _WakingSocket
+        sock = cast(_WakingSocket, assoc.dul.socket)
+        sock.wakeup = _Wakeup()
+        weakref.finalize(sock, sock.wakeup.close)  # if stop_dul could not close it
+        dul = assoc.dul
+        dul.to_provider_queue = _WakingQueue(sock.wakeup.wake)
+        dul.to_user_queue = _WakingQueue(wake.set)
+        dul._run_loop_delay = 0  # the wait is in _WakingSocket.ready
+        dul.__class__ = _WakingDUL
+        assoc.dimse.msg_queue = _WakingQueue(wake.set)
+        assoc.__class__ = _WakingAssociation
+        cast(_WakingAssociation, assoc)._wake = wake
+        return assoc
 
 
 class _NoDelayServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with TCP_NODELAY on each accepted socket."""
+    """pynetdicom's threaded server with TCP_NODELAY on each accepted socket, and
+    event-woken acceptor reactors (``_RequestHandler``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("request_handler", _RequestHandler)
+        super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = super().get_request()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
+
+    def service_actions(self) -> None:
+        """Every 60th pass: a collection of the young generations only (``_young_collection``)."""
+        self._gc[0] += 1
+        if self._gc[0] >= self._gc[1]:
+            self._gc[0] = 0
+            _young_collection()
 
 
 class _SharedPortServer(_NoDelayServer):
@@ -133,6 +346,11 @@ class _TlsServer(ThreadedAssociationServer):
 
     handshake_timeout: float = 30.0
     on_handshake_failure: Callable[[str, BaseException], None] | None = None
+    service_actions = _NoDelayServer.service_actions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("request_handler", _RequestHandler)
+        super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None and self.ssl_context is not None
@@ -203,6 +421,7 @@ class DimseServer:
         # pynetdicom would log every query identifier (patient data) at INFO level.
         _config.LOG_REQUEST_IDENTIFIERS = False
         _config.LOG_RESPONSE_IDENTIFIERS = False
+        send_prepared_identifiers()  # C-FIND responses encoded once, by net.find
         ae = AE(ae_title=s.archive.ae_title)
         ae.maximum_pdu_size = s.dicom.max_pdu
         ae.maximum_associations = s.dicom.max_associations

@@ -133,12 +133,15 @@ def _lock_chain(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
 
 
+#: built once (every stored object and every query appends an event)
+_HEAD = select(audit_event.c.id, audit_event.c.hash).order_by(audit_event.c.id.desc()).limit(1)
+_INSERT = audit_event.insert()
+
+
 def _next_link(conn: Connection) -> tuple[int, str]:
     """The id and ``prev_hash`` of the next event; the caller's transaction holds the chain."""
     _lock_chain(conn)
-    head = conn.execute(
-        select(audit_event.c.id, audit_event.c.hash).order_by(audit_event.c.id.desc()).limit(1)
-    ).first()
+    head = conn.execute(_HEAD).first()
     head_id, head_hash = (int(head.id), str(head.hash)) if head is not None else (0, GENESIS)
     if conn.dialect.name != "postgresql":
         return head_id + 1, head_hash
@@ -182,15 +185,13 @@ def insert_event(
     event_id, prev_hash = _next_link(conn)
     values.update(id=event_id, prev_hash=prev_hash)
     values["hash"] = event_hash(**values)
-    conn.execute(audit_event.insert(), values)
+    conn.execute(_INSERT, values)
     return event_id
 
 
 def head(conn: Connection) -> tuple[int, str] | None:
     """The last event of the chain: ``(id, hash)``, or None for an empty trail."""
-    row = conn.execute(
-        select(audit_event.c.id, audit_event.c.hash).order_by(audit_event.c.id.desc()).limit(1)
-    ).first()
+    row = conn.execute(_HEAD).first()
     return (int(row.id), str(row.hash)) if row is not None else None
 
 

@@ -18,6 +18,13 @@ with ``storescu`` (the node ``BENCH_SCU`` is registered with the port of a DCMTK
 - the ceiling, in the same run: DCMTK ``storescu`` -> ``storescp`` (``-od`` and
   ``--ignore``) of the same 300 files (what DCMTK does when it reads files and sends them).
 
+With ``--pynetdicom-ceiling``, two more rows measure the best pynetdicom does as a sender
+here: one process sends the same study, pre-read with ``dcmread``, with
+``Association.send_c_store`` over one association (TCP_NODELAY on its socket) to
+``storescp --ignore`` - once as pynetdicom comes, once with the two settings Coffre's
+retrieve applies to its sending associations (``coffre.net.retrieve._poll_faster`` and
+``_settle_reactor``). Its CPU column is that sender's CPU per instance.
+
 Every DCMTK tool runs with ``TCP_NODELAY=1`` and ``-pdu 131072`` on the receiving side.
 Times are the wall time of the ``movescu``/``getscu``/``storescu`` process. Server CPU per
 instance from ``/proc/PID/stat``. ``--profile`` records py-spy on the server during one
@@ -28,11 +35,13 @@ extra C-MOVE and one extra C-GET (``--ignore`` receivers). Output:
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +50,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     DCMTK_PDU,
     OUT,
-    RETRIEVE_RULES,
     SCU_AE,
     CoffreServer,
     PySpy,
@@ -61,6 +69,25 @@ from _common import (
 )
 
 TARGET = 850.0
+
+#: py-spy categories, first match over the whole stack wins
+RETRIEVE_RULES = (
+    ("index/audit (plan)", ("services/retrieve.py",)),
+    ("blob read", ("FileSystemBlobStore.read", "FileSystemBlobStore.open")),
+    ("raw read of the archived bytes (coffre net/retrieve.raw_dataset)", ("raw_dataset (coffre/net/retrieve.py",)),
+    ("dcmread of the archived file (coffre net/retrieve._read)", ("_read (coffre/net/retrieve.py",)),
+    ("transcode", ("transcode",)),
+    ("waiting for the sub-association reactor (coffre _settle_reactor)", ("_settle_reactor",)),
+    ("pynetdicom: build + encode DIMSE command sets (C-STORE-RQ, Pending C-MOVE/C-GET-RSP)",
+     ("primitive_to_message",)),
+    ("pynetdicom: encode dataset for C-STORE (pydicom write_dataset of raw elements)", ("encode (pynetdicom",)),
+    ("pynetdicom: P-DATA fragmenting + socket send", ("send_pdu", "_send", "fragment", "P_DATA", "encode_msg")),
+    ("pynetdicom reactor polling sleeps", ("dul.py:403)", "association.py:714)")),
+    ("pynetdicom: waiting for the C-STORE response", ("send_c_store", "get_msg")),
+    ("pynetdicom DUL: socket recv, PDU decode", ("DULServiceProvider",)),
+    ("other Coffre code", ("coffre/",)),
+    ("other pynetdicom", ("pynetdicom/",)),
+)
 
 
 def _count(folder: Path) -> int:
@@ -86,6 +113,49 @@ def _keys(study_uid: str) -> list[str]:
     return ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"]
 
 
+def pynetdicom_ceiling(files: Sequence[Path], port: int, *, coffre_settings: bool) -> dict[str, float]:
+    """pynetdicom ``send_c_store`` of ``files`` (read beforehand) over one association to
+    ``storescp --ignore`` on ``port``: wall seconds and this process's CPU seconds."""
+    from pydicom import dcmread
+    from pynetdicom import AE, build_context, evt
+
+    from coffre.net.retrieve import _poll_faster, _settle_reactor
+
+    datasets = [dcmread(f) for f in files]
+
+    def nodelay(event: Any) -> None:
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    ae = AE(ae_title="BENCH_PND")
+    ae.dimse_timeout = 10  # a lost C-STORE-RSP (see _settle_reactor) costs 10 s, not 30
+    syntaxes = sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets})
+    ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in syntaxes]
+    cpu0, started = time.process_time(), time.perf_counter()
+    assoc = ae.associate("127.0.0.1", port, ae_title=SCU_AE, max_pdu=int(DCMTK_PDU),
+                         evt_handlers=[(evt.EVT_CONN_OPEN, nodelay)])
+    if not assoc.is_established:
+        raise RuntimeError("pynetdicom ceiling: association not established")
+    if coffre_settings:
+        _poll_faster(assoc)
+    failed = 0
+    for ds in datasets:
+        if coffre_settings:
+            _settle_reactor(assoc)
+        status = assoc.send_c_store(ds)
+        if status.get("Status") != 0x0000:
+            failed += 1
+            if not assoc.is_established:
+                break
+    if assoc.is_established:
+        assoc.release()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    if failed:
+        log(f"WARNING: pynetdicom ceiling: {failed} C-STORE(s) failed (lost response, see _settle_reactor)")
+        FAILURES.append({"command": "pynetdicom ceiling (send_c_store)", "exit": failed,
+                         "output": f"{failed} C-STORE sub-operations without a response"})
+    return {"seconds": seconds, "cpu": cpu, "received": len(files) - failed}
+
+
 def _summary(runs: list[dict[str, float]], count: int, size: int) -> dict[str, Any]:
     seconds = statistics.median(r["seconds"] for r in runs)
     cpus = [r["cpu"] for r in runs if r.get("cpu") is not None]
@@ -107,6 +177,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="100 slices, 1 repetition")
     ap.add_argument("--profile", action="store_true", help="py-spy on the server during an extra C-MOVE and C-GET")
+    ap.add_argument("--pynetdicom-ceiling", action="store_true",
+                    help="also measure pynetdicom send_c_store of the pre-read study into storescp --ignore")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--experiment", action="store_true",
                     help="also measure C-MOVE/C-GET against benchmarks/_experiment_serve.py "
@@ -164,6 +236,12 @@ def main() -> None:
                     res.setdefault(f"Coffre C-GET -> getscu ({mode})", []).append(
                         {"seconds": t, "cpu": server.cpu() - c0, "received": _count(out)})
                     rmtree(out)
+                if args.pynetdicom_ceiling:
+                    for coffre_settings, label in ((False, "as is"), (True, "with Coffre's reactor settings")):
+                        with StoreSCP(ignore=True, aet=SCU_AE, port=dest_port):
+                            res.setdefault(f"ceiling: pynetdicom send_c_store -> storescp (ignore), {label}",
+                                           []).append(pynetdicom_ceiling(files, dest_port,
+                                                                         coffre_settings=coffre_settings))
             if args.profile:
                 OUT.mkdir(parents=True, exist_ok=True)
                 doc["profiles"] = {}
@@ -209,6 +287,11 @@ def main() -> None:
                 log(f"WARNING: {name} received {r['received']} of {len(files)}")
         doc["results"] = results
         doc["ratios"] = {}
+        pnd = results.get("ceiling: pynetdicom send_c_store -> storescp (ignore), with Coffre's reactor settings")
+        if pnd:
+            doc["vs_pynetdicom_ceiling"] = {
+                op: ratio(results[f"Coffre {op} (ignore)"]["instances_per_s"], pnd["instances_per_s"])
+                for op in ("C-MOVE -> storescp", "C-GET -> getscu")}
         for op in ("C-MOVE -> storescp", "C-GET -> getscu"):
             for mode in ("disk", "ignore"):
                 c = results[f"Coffre {op} ({mode})"]["instances_per_s"]
@@ -252,6 +335,10 @@ def markdown(doc: dict[str, Any]) -> str:
             cells += "- | - |"
         lines.append(cells)
     lines.append("")
+    for op, r in doc.get("vs_pynetdicom_ceiling", {}).items():
+        lines.append(f"- Coffre {op} (ignore) / pynetdicom ceiling with Coffre's reactor settings: **{r}**")
+    if doc.get("vs_pynetdicom_ceiling"):
+        lines.append("")
     for failure in doc.get("failures", []):
         lines += [f"**Failed run**: `{failure['command']}` exit {failure['exit']}:", "", "```",
                   failure["output"].strip(), "```", ""]

@@ -8,23 +8,36 @@ sub-operations and sends the Pending responses and the Failed SOP Instance UID L
 
 Transfer syntax (DESIGN rule 7: originals are kept; transcoding happens on the way
 out): when the peer accepted the stored syntax for the SOP class, the archived element
-values are sent untouched. Otherwise
-the instance is transcoded (``codecs.transcode``) to a syntax the peer accepted,
-Explicit then Implicit VR Little Endian first. An instance that cannot be produced in
-any accepted syntax is a failed sub-operation.
+values are sent untouched - ``raw_dataset`` hands pynetdicom the archived elements
+undecoded, and what the peer receives after the meta header is the archived data set
+byte for byte (except retired group length elements, PS3.5 7.2, which pydicom's writer
+leaves out). Otherwise the instance is transcoded (``codecs.transcode``) to a syntax the
+peer accepted, Explicit then Implicit VR Little Endian first. An instance that cannot be
+produced in any accepted syntax is a failed sub-operation. An instance sent into the
+caller's identifier domain is read with ``dcmread`` and coerced (``dicom.coercion``).
+
+Speed: each sub-operation is strictly sequential (send, wait for the C-STORE-RSP,
+next), so the per-instance work and pynetdicom's reactor latency add up directly; see
+the "pynetdicom internals" section below and docs/performance.md section 5.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import struct
+import time
 from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 from pynetdicom import build_context, evt
 
 from coffre.app import Context
@@ -75,6 +88,156 @@ def _read(data: bytes) -> Dataset:
     return dcmread(BytesIO(data))
 
 
+# -- the archived bytes as raw elements, without pydicom's reader ----------------------
+#
+# A C-STORE sub-operation in the stored transfer syntax needs the archived data set
+# again, byte for byte: pynetdicom encodes the yielded Dataset with pydicom's
+# ``write_dataset``, which writes a ``RawDataElement`` as its header plus its undecoded
+# value when the dataset's original encoding equals the negotiated one (pydicom's
+# ``Dataset.set_original_encoding``, "to enable optimized writing"). ``dcmread`` builds
+# such a dataset too, but parses undefined-length sequences into Python objects (written
+# back element by element; an undefined-length UN it cannot read at all) and costs
+# 0.2-1.2 ms for a CT slice here; the walk below only reads each element header (PS3.5
+# 7.1) and cuts the value out (0.13 ms). Anything it does not recognise (big endian,
+# deflate, a non-standard VR, a truncated value) goes back to ``dcmread``.
+
+_LONG_VRS = frozenset(vr.value.encode() for vr in EXPLICIT_VR_LENGTH_32)
+_VRS = frozenset(vr.value.encode() for vr in VR if len(vr.value) == 2)
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PREAMBLE = 128
+_META_GROUP = 0x0002
+_TRANSFER_SYNTAX = 0x00020010
+_CHARSET = BaseTag(0x00080005)
+#: sequences nested deeper than this are left to ``dcmread`` (and its limits)
+_MAX_DEPTH = 32
+#: syntaxes the walk understands: little endian, not deflated (PS3.5 A.1, A.2 and the
+#: encapsulated syntaxes of A.4, whose data set is Explicit VR Little Endian)
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+_DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<L")
+_TAG_LENGTH = struct.Struct("<HHL")
+
+
+class _Unscannable(Exception):
+    """The walk does not handle these bytes; ``dcmread`` will."""
+
+
+def _header(data: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int]:
+    """(tag, VR, value length, value offset) of the element at ``pos`` (PS3.5 7.1.1-7.1.3)."""
+    if pos + 8 > len(data):
+        raise _Unscannable("truncated element header")
+    group, element, length = _TAG_LENGTH.unpack_from(data, pos)
+    tag = group << 16 | element
+    if implicit or group == 0xFFFE:  # item and delimitation tags carry no VR (PS3.5 7.5)
+        return tag, None, length, pos + 8
+    vr = data[pos + 4:pos + 6]
+    if vr in _LONG_VRS:
+        if pos + 12 > len(data):
+            raise _Unscannable("truncated element header")
+        return tag, vr, _U32.unpack_from(data, pos + 8)[0], pos + 12
+    if vr not in _VRS:
+        raise _Unscannable(f"unknown VR {vr!r}")
+    return tag, vr, _U16.unpack_from(data, pos + 6)[0], pos + 8
+
+
+def _skip_items(data: bytes, pos: int, implicit: bool, depth: int) -> int:
+    """The offset after the Sequence Delimitation Item of an undefined-length value
+    (PS3.5 7.5.2: items of defined or undefined length; 7.5 and A.4 for encapsulated
+    pixel data, whose fragments are items of defined length)."""
+    if depth > _MAX_DEPTH:
+        raise _Unscannable("sequences nested too deep")
+    while True:
+        tag, _, length, pos = _header(data, pos, True)
+        if tag == _SEQUENCE_END:
+            if length != 0:
+                raise _Unscannable("sequence delimiter with a length")
+            return pos
+        if tag != _ITEM:
+            raise _Unscannable("no item in a sequence")
+        if length != _UNDEFINED:
+            pos += length
+            continue
+        while True:  # an item of undefined length: its elements up to the Item Delimitation
+            tag, vr, length, start = _header(data, pos, implicit)
+            if tag == _ITEM_END:
+                pos = start
+                break
+            pos = _skip_value(data, start, vr, length, implicit, depth + 1)
+
+
+def _skip_value(data: bytes, start: int, vr: bytes | None, length: int, implicit: bool, depth: int) -> int:
+    if length != _UNDEFINED:
+        end = start + length
+        if end > len(data):
+            raise _Unscannable("value past the end")
+        return end
+    # PS3.5 6.2.2: an undefined-length UN value is encoded Implicit VR Little Endian
+    return _skip_items(data, start, implicit or vr == b"UN", depth)
+
+
+def _meta_end(data: bytes) -> tuple[int, str]:
+    """Where the data set starts after the File Meta Information (PS3.10 7.1, always
+    Explicit VR Little Endian), and the Transfer Syntax UID it names."""
+    if data[_PREAMBLE:_PREAMBLE + 4] != b"DICM":
+        raise _Unscannable("no DICM prefix")
+    pos, syntax = _PREAMBLE + 4, ""
+    while pos < len(data) and _U16.unpack_from(data, pos)[0] == _META_GROUP:
+        tag, vr, length, start = _header(data, pos, False)
+        if length == _UNDEFINED:
+            raise _Unscannable("undefined length in the file meta")
+        pos = _skip_value(data, start, vr, length, False, 0)
+        if tag == _TRANSFER_SYNTAX:
+            syntax = data[start:pos].rstrip(b"\x00 ").decode("ascii", "replace")
+    return pos, syntax
+
+
+def raw_dataset(data: bytes, transfer_syntax: str) -> Dataset:
+    """The archived Part 10 ``data`` as a Dataset of undecoded elements that encodes back
+    to the archived data set bytes in ``transfer_syntax``, its stored syntax.
+
+    The result is what ``dcmread`` returns for these bytes, minus the parsing: each
+    top-level element is a ``RawDataElement`` whose value is the archived value, the
+    original encoding is set so that pydicom writes them without conversion, and
+    ``file_meta`` holds the Transfer Syntax UID pynetdicom uses to pick the presentation
+    context. Bytes the walk does not handle, or whose meta names another syntax than
+    the index, are read with ``dcmread``.
+    """
+    try:
+        if transfer_syntax == _BIG_ENDIAN or transfer_syntax in _DEFLATED:
+            raise _Unscannable("big endian or deflated")
+        pos, stored = _meta_end(data)
+        if stored != transfer_syntax:
+            raise _Unscannable(f"file meta names {stored}")
+        implicit = UID(transfer_syntax).is_implicit_VR
+        elements: dict[BaseTag, DataElement | RawDataElement] = {}
+        charset: RawDataElement | None = None
+        end = len(data)
+        while pos < end:
+            tag, vr, length, start = _header(data, pos, implicit)
+            if tag >> 16 == 0xFFFE:
+                raise _Unscannable("item or delimiter outside a sequence")
+            pos = _skip_value(data, start, vr, length, implicit, 0)
+            # the Sequence Delimitation Item is written back by pydicom, not kept in the value
+            value = data[start:pos - 8] if length == _UNDEFINED else data[start:pos]
+            key = BaseTag(tag)
+            elements[key] = raw = RawDataElement(
+                key, None if vr is None else vr.decode(), length, value, start, implicit, True)
+            if key == _CHARSET:
+                charset = raw
+    except (_Unscannable, struct.error, UnicodeDecodeError, ValueError) as exc:
+        log.debug("raw read fell back to dcmread: %s", exc)
+        return _read(data)
+    ds = Dataset(elements)
+    # as pydicom's read_dataset does, so that write_dataset sees an unchanged character set
+    encoding = convert_encodings(convert_raw_data_element(charset).value) if charset else default_encoding
+    ds.set_original_encoding(implicit, True, encoding)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+    return ds
+
+
 def payload(ctx: Context, ref: InstanceRef, accepted: Accepted) -> Dataset:
     """The dataset pynetdicom sends for one sub-operation, in a syntax the peer accepted,
     with the patient identifiers coerced into the caller's domain when the plan says so."""
@@ -87,7 +250,11 @@ def payload(ctx: Context, ref: InstanceRef, accepted: Accepted) -> Dataset:
 def _payload(ctx: Context, ref: InstanceRef, accepted: Accepted) -> Dataset:
     syntaxes = accepted.get(ref.sop_class_uid, set())
     if ref.transfer_syntax_uid in syntaxes:
-        return _read(ctx.blobs.read(ref.blob_key))
+        data = ctx.blobs.read(ref.blob_key)
+        if ref.coercion is None:
+            # DESIGN rule 7: the archived element values go out untouched
+            return raw_dataset(data, ref.transfer_syntax_uid)
+        return _read(data)
     ordered = [ts for ts in _FALLBACK if ts in syntaxes] + sorted(syntaxes - set(_FALLBACK))
     for target in ordered:
         if can_transcode(ref.transfer_syntax_uid, target):
@@ -115,6 +282,68 @@ def _contexts(refs: list[InstanceRef]) -> list[Any]:
     return contexts[:_MAX_CONTEXTS]
 
 
+# -- pynetdicom internals: the only private attributes this module touches -----------
+#
+# Both work around pynetdicom 3.0's polling upper layer for the associations a retrieve
+# sends its C-STORE sub-operations on; nothing else is changed, and nothing global.
+
+#: How long the DUL reactor of an association that carries C-STORE sub-operations sleeps
+#: when a loop found nothing to do; ``None`` keeps pynetdicom's default (1 ms).
+_RETRIEVE_POLL: float | None = 0.0001
+#: How long a C-MOVE waits for the sub-association's reactor to wake up between two
+#: sub-operations (it normally takes microseconds; see ``_settle_reactor``).
+_SETTLE_TIMEOUT = 0.005
+
+
+def _poll_faster(assoc: Any) -> float | None:
+    """Shorten the idle sleep of ``assoc``'s DUL reactor; return the previous value.
+
+    pynetdicom's DUL thread polls its socket and queues, sleeping
+    ``DULServiceProvider._run_loop_delay`` (1 ms) after every loop that found nothing
+    to do. A C-STORE sub-operation waits for that loop twice (to send the request, to
+    read the response), so the sleep alone bounds a sequential C-MOVE/C-GET at a few
+    hundred instances per second. The attribute is per association (pynetdicom's
+    ``run_reactor``: "Setting `_run_loop_delay` higher will use less CPU when idle, but
+    will also increase the latency"); Coffre shortens it only on the associations a
+    retrieve sends on, and only while it sends. A shorter sleep costs CPU only while
+    the DUL thread is idle, i.e. during the sub-operations' round trips.
+    """
+    dul = getattr(assoc, "dul", None)
+    previous = getattr(dul, "_run_loop_delay", None)
+    # only ever shorter: an association whose DUL already waits on its socket instead of
+    # sleeping (``net.dimse``'s event-woken acceptors, delay 0) is left as it is
+    if _RETRIEVE_POLL is not None and isinstance(previous, (int, float)) and previous > _RETRIEVE_POLL:
+        dul._run_loop_delay = _RETRIEVE_POLL  # type: ignore[union-attr]
+        return float(previous)
+    return None
+
+
+def _restore_poll(assoc: Any, previous: float | None) -> None:
+    if previous is not None:
+        assoc.dul._run_loop_delay = previous
+
+
+def _settle_reactor(assoc: Any) -> None:
+    """Before the next C-STORE on a C-MOVE sub-association, let its reactor wake up.
+
+    pynetdicom's ``send_c_store`` pauses the association's reactor thread (clears
+    ``_reactor_checkpoint``, waits for ``_is_paused``) so that the reactor does not take
+    the C-STORE-RSP off the DIMSE queue, and releases it when the response is in. When
+    the next ``send_c_store`` follows before the released reactor thread has run,
+    ``_is_paused`` is still ``True`` from the previous pause: the request goes out while
+    the reactor is about to wake, and the reactor can then take the response
+    (``dimse.get_msg(block=False)`` in ``_run_reactor``) and drop it. The sender waits
+    for it until the DIMSE timeout and the sub-association is aborted - the C-MOVE
+    "stall" of docs/performance.md (seen 1 in 7 C-MOVEs, and reproduced with a bare
+    pynetdicom SCU sending to ``storescp``). Waiting here until the reactor has woken
+    (``_is_paused`` back to ``False``; it then sleeps 1 ms and pauses for real) closes
+    that window. C-GET needs none of this: its sub-operations run in the reactor thread.
+    """
+    deadline = time.monotonic() + _SETTLE_TIMEOUT
+    while getattr(assoc, "_is_paused", False) and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.00005)  # also hands the GIL to the reactor thread
+
+
 def _nodelay(event: Any) -> None:
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
     if sock is not None:
@@ -140,6 +369,7 @@ def handle_move(event: Any, ctx: Context, actor: Actor | None) -> Iterator[Any]:
 
     def _established(sub_event: Any) -> None:
         holder["assoc"] = sub_event.assoc
+        _poll_faster(sub_event.assoc)  # a sub-association of its own: nothing to restore
 
     options = {
         "ae_title": destination.ae_title,
@@ -163,7 +393,10 @@ def handle_move(event: Any, ctx: Context, actor: Actor | None) -> Iterator[Any]:
             return
         if accepted is None:
             accepted = accepted_for_sending(sub) if sub is not None else {}
-        yield PENDING, payload(ctx, ref, accepted)
+        ds = payload(ctx, ref, accepted)
+        if sub is not None:
+            _settle_reactor(sub)
+        yield PENDING, ds
 
 
 def handle_get(event: Any, ctx: Context, actor: Actor | None) -> Iterator[Any]:
@@ -176,8 +409,12 @@ def handle_get(event: Any, ctx: Context, actor: Actor | None) -> Iterator[Any]:
     refs = plan(ctx, actor, query, operation="get")
     yield len(refs)
     accepted = accepted_for_sending(event.assoc)
-    for ref in refs:
-        if event.is_cancelled:
-            yield CANCEL, None
-            return
-        yield PENDING, payload(ctx, ref, accepted)
+    previous = _poll_faster(event.assoc)
+    try:
+        for ref in refs:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, payload(ctx, ref, accepted)
+    finally:
+        _restore_poll(event.assoc, previous)

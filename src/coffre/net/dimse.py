@@ -395,6 +395,25 @@ def _over_tls(inner: Iterator[Any], context: ssl.SSLContext, hostname: str) -> I
     yield from inner
 
 
+class _RefusalsWithoutTraceback(logging.Filter):
+    """pynetdicom logs an exception raised by a handler with its traceback. A
+    ``CoffreError`` there is a refusal already answered with its status (an invalid
+    C-MOVE/C-GET identifier: 0xC514/0xC413, PS3.4 C.4.2.1.4/C.4.3.1.4), not a crash:
+    its message is kept, its traceback dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], CoffreError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_refusals() -> None:
+    logger = logging.getLogger("pynetdicom.service_class")
+    if not any(isinstance(f, _RefusalsWithoutTraceback) for f in logger.filters):
+        logger.addFilter(_RefusalsWithoutTraceback())
+
+
 class DimseServer:
     """Owns the pynetdicom AE and its listening socket for one ``Context``."""
 
@@ -403,6 +422,7 @@ class DimseServer:
         no TLS listener in this process (the workers leave it to the serve process)."""
         self.ctx = ctx
         self._server_class: type[ThreadedAssociationServer] = _SharedPortServer if shared_port else _NoDelayServer
+        _quiet_refusals()
         self._actors: weakref.WeakKeyDictionary[Any, Actor] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._server: Any = None

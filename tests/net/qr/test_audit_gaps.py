@@ -398,9 +398,6 @@ def test_get_with_an_invalid_identifier(qr: QR, second: Archive, tmp_path: Path)
     assert echo(second.dicom_port) == SUCCESS
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "net/retrieve.py lets InvalidQuery escape to pynetdicom, which logs it with a traceback "
-    "(C-FIND answers the same mistake cleanly); see the issue 3 audit report"))
 def test_invalid_retrieve_identifiers_write_no_traceback(qr: QR, second: Archive, tmp_path: Path) -> None:
     movescu(second.host, second.dicom_port, "NOWHERE", "STUDY", "PatientID=PA1")  # 0xA801 first: no parse
     getscu(second.host, second.dicom_port, tmp_path / "got", "STUDY", "PatientID=PA1")

@@ -7,6 +7,7 @@ of the archive) and every change they make is audited by the services.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -112,6 +113,10 @@ def serve(
         dicom_host, dicom_port = dimse.start()
         workers = DimseWorkers(s, dicom_port)  # [dicom] workers - 1 more listeners on that port
         workers.start()
+        # The start-up heap (SQLAlchemy, pydicom's dictionaries, the presentation contexts)
+        # lives as long as the process: out of the collector's sight, a full collection no
+        # longer walks it with the GIL held (~90 ms here; docs/performance.md, section 4).
+        gc.freeze()
         record_application(ctx, "start")
         exporter = start_exporter(ctx)  # the audit trail to [audit] syslog_host, if set
         http_socket = listening_socket(s.http.host, s.http.port)

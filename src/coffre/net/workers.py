@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import multiprocessing
 import signal
@@ -70,6 +71,7 @@ def _worker_main(settings: Settings, port: int, parent_pid: int, ready: Connecti
     try:
         server = DimseServer(ctx, shared_port=True, with_tls=False)
         server.start()
+        gc.freeze()  # as ``coffre serve`` does: the start-up heap is out of the collector's sight
         ready.send(os.getpid())
         ready.close()
         stop.wait()

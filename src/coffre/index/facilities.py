@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from coffre.errors import AlreadyExists, NotFound
@@ -114,13 +114,17 @@ def list_nodes(conn: Connection, facility_id: int | None = None) -> list[Node]:
     return [_node(r) for r in conn.execute(query)]
 
 
+# run at every association (``services.facilities.admit``): built once, with a bound value
+_FIND_NODE = (
+    select(node, facility.c.slug, facility.c.name, facility.c.issuer, facility.c.require_tls)
+    .join(facility, facility.c.id == node.c.facility_id)
+    .where(node.c.ae_title == bindparam("f_ae_title"))
+)
+
+
 def find_node(conn: Connection, ae_title: str) -> tuple[Node, Facility] | None:
     """The node registered under ``ae_title`` and its facility, or ``None``."""
-    row = conn.execute(
-        select(node, facility.c.slug, facility.c.name, facility.c.issuer, facility.c.require_tls)
-        .join(facility, facility.c.id == node.c.facility_id)
-        .where(node.c.ae_title == ae_title)
-    ).first()
+    row = conn.execute(_FIND_NODE, {"f_ae_title": ae_title}).first()
     if row is None:
         return None
     return _node(row), Facility(id=row.facility_id, slug=row.slug, name=row.name, issuer=row.issuer,

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from coffre.index.schema import access_grant, opposition, patient, person, study
@@ -130,30 +131,60 @@ class ActiveGrants:
     break_glass: frozenset[int]
 
 
+# The statements of :func:`active_grants` and :func:`opposed_persons` run for every
+# C-FIND, QIDO-RS and retrieve: built once here with bound values (built per call, with
+# their IN lists, they cost 0.15-0.25 ms of SQLAlchemy work each, 5-8x the execution).
+# One value (the usual one-facility actor) is ``=``; several are an expanding IN.
+_ONE_FACILITY = and_(access_grant.c.grantee_facility_id == bindparam("g_facility_id"),
+                     access_grant.c.grantee_user == "")
+_FACILITIES = and_(access_grant.c.grantee_facility_id.in_(bindparam("g_facility_ids", expanding=True)),
+                   access_grant.c.grantee_user == "")
+_TO_SUBJECT = access_grant.c.grantee_user == bindparam("g_subject")
+
+
+def _active_statement(*to_actor: ColumnElement[bool]) -> Any:
+    return select(
+        access_grant.c.kind, _effective(access_grant.c.person_id).label("person_id"), access_grant.c.study_pk
+    ).where(
+        or_(*to_actor),
+        access_grant.c.revoked_at.is_(None),
+        access_grant.c.expires_at > bindparam("g_now"),
+        access_grant.c.created_at <= bindparam("g_now"),
+    )
+
+
+# keyed by (facilities: 0 none, 1 one, 2 several; with a user subject)
+_ACTIVE: dict[tuple[int, bool], Any] = {
+    (1, False): _active_statement(_ONE_FACILITY),
+    (2, False): _active_statement(_FACILITIES),
+    (0, True): _active_statement(_TO_SUBJECT),
+    (1, True): _active_statement(_ONE_FACILITY, _TO_SUBJECT),
+    (2, True): _active_statement(_FACILITIES, _TO_SUBJECT),
+}
+_READING_PERSONS = select(study.c.id, patient.c.person_id).join(patient, patient.c.id == study.c.patient_pk)
+_READING_ONE = _READING_PERSONS.where(study.c.id == bindparam("g_study_pk"))
+_READING_SEVERAL = _READING_PERSONS.where(study.c.id.in_(bindparam("g_study_pks", expanding=True)))
+
+
 def active_grants(
     conn: Connection, *, facility_ids: Iterable[int], subject: str, now: datetime
 ) -> ActiveGrants:
     """The grants in force now for an actor of ``facility_ids`` (and user ``subject``)."""
     ids = sorted(set(facility_ids))
-    to_actor: list[ColumnElement[bool]] = []
-    if ids:
-        to_actor.append(and_(access_grant.c.grantee_facility_id.in_(ids), access_grant.c.grantee_user == ""))
-    if subject:
-        to_actor.append(access_grant.c.grantee_user == subject)
-    if not to_actor:
+    if not ids and not subject:
         return ActiveGrants(frozenset(), {}, frozenset())
-    stmt = select(
-        access_grant.c.kind, _effective(access_grant.c.person_id).label("person_id"), access_grant.c.study_pk
-    ).where(
-        or_(*to_actor),
-        access_grant.c.revoked_at.is_(None),
-        access_grant.c.expires_at > now,
-        access_grant.c.created_at <= now,
-    )
+    params: dict[str, Any] = {"g_now": now}
+    if len(ids) == 1:
+        params["g_facility_id"] = ids[0]
+    elif ids:
+        params["g_facility_ids"] = ids
+    if subject:
+        params["g_subject"] = subject
+    stmt = _ACTIVE[min(len(ids), 2), bool(subject)]
     care: set[int] = set()
     btg: set[int] = set()
     reading_studies: set[int] = set()
-    for kind, person_id, study_pk in conn.execute(stmt):
+    for kind, person_id, study_pk in conn.execute(stmt, params):
         if kind == "care" and person_id is not None:
             care.add(person_id)
         elif kind == "break-glass" and person_id is not None:
@@ -162,25 +193,46 @@ def active_grants(
             reading_studies.add(study_pk)
     reading: dict[int, int | None] = {}
     if reading_studies:
-        rows = conn.execute(
-            select(study.c.id, patient.c.person_id)
-            .join(patient, patient.c.id == study.c.patient_pk)
-            .where(study.c.id.in_(sorted(reading_studies)))
+        studies = sorted(reading_studies)
+        rows = (
+            conn.execute(_READING_ONE, {"g_study_pk": studies[0]})
+            if len(studies) == 1
+            else conn.execute(_READING_SEVERAL, {"g_study_pks": studies})
         )
         reading = {sid: pid for sid, pid in rows}
     return ActiveGrants(frozenset(care), reading, frozenset(btg))
 
 
-def opposed_persons(conn: Connection, among: Iterable[int] | None = None) -> frozenset[int]:
-    """Persons with an opposition in force (restricted to ``among`` when given)."""
+def _opposed_statement(among: str = "") -> Any:
+    """Oppositions in force; ``among`` "one" (``= :g_person_id``) or "several" (``IN``)."""
     effective = _effective(opposition.c.person_id)
     stmt = select(effective).where(opposition.c.withdrawn_at.is_(None)).distinct()
-    if among is not None:
+    if among == "one":
+        stmt = stmt.where(effective == bindparam("g_person_id"))
+    elif among == "several":
+        stmt = stmt.where(effective.in_(bindparam("g_person_ids", expanding=True)))
+    return stmt
+
+
+_OPPOSED = _opposed_statement()
+_OPPOSED_ONE = _opposed_statement("one")
+_OPPOSED_AMONG = _opposed_statement("several")
+
+
+def opposed_persons(conn: Connection, among: Iterable[int] | None = None) -> frozenset[int]:
+    """Persons with an opposition in force (restricted to ``among`` when given)."""
+    if among is None:
+        rows = conn.execute(_OPPOSED)
+    else:
         wanted = sorted(set(among))
         if not wanted:
             return frozenset()
-        stmt = stmt.where(effective.in_(wanted))
-    return frozenset(int(pid) for (pid,) in conn.execute(stmt) if pid is not None)
+        rows = (
+            conn.execute(_OPPOSED_ONE, {"g_person_id": wanted[0]})
+            if len(wanted) == 1
+            else conn.execute(_OPPOSED_AMONG, {"g_person_ids": wanted})
+        )
+    return frozenset(int(pid) for (pid,) in rows if pid is not None)
 
 
 def insert_opposition(

@@ -36,6 +36,8 @@ from coffre.errors import (
 )
 from coffre.settings import LimitsSettings
 
+from . import un_sequences
+
 LIMITS = LimitsSettings()
 
 
@@ -475,3 +477,65 @@ def test_huge_declared_frame_count_is_refused_by_arithmetic() -> None:
     data = factories.with_raw_value(data, 0x00280008, b"999999999")
     with pytest.raises(InvalidInstance, match="pixel data shorter than declared"):
         parse(data)
+
+
+# --- UN of undefined length (PS3.5 6.2.2) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+     JPEG2000Lossless],
+)  # fmt: skip
+def test_un_of_undefined_length_is_accepted_and_indexed(ts: str) -> None:
+    data = un_sequences.with_un(un_sequences.un_value(), transfer_syntax=ts, patient_id="UN-1")
+    full = dcmread(BytesIO(data))  # pydicom reads the UN as a sequence too
+    parsed = parse(data)
+    assert parsed.sop_instance_uid == full.SOPInstanceUID
+    assert parsed.study_instance_uid == full.StudyInstanceUID
+    assert [item.CodeValue for item in full[un_sequences.UN_TAG].value] == ["CODE01", "CODE02"]
+    assert parsed.warnings == ()
+    # the object's other attributes are indexed as usual
+    assert parsed.attributes["patient_id"] == "UN-1"
+    assert parsed.attributes["modality"] == "CT"
+    assert parsed.attributes["rows"] == 64
+    # valid DICOM JSON; the UN whose value is a sequence is given as SQ (PS3.18 F.2.3)
+    model = json.loads(parsed.dicom_json)
+    assert model["00991010"] == un_sequences.UN_JSON
+    assert model["00990010"] == {"vr": "LO", "Value": ["ACME 1"]}
+    assert model["00100020"] == {"vr": "LO", "Value": ["UN-1"]}
+    assert "7FE00010" in model
+    # frame byte ranges point into the given bytes, after the UN element
+    if ts == DeflatedExplicitVRLittleEndian:
+        assert parsed.frame_offsets == ()
+    else:
+        if full.file_meta.TransferSyntaxUID.is_compressed:
+            expected = list(generate_frames(full.PixelData, number_of_frames=1))
+        else:
+            expected = [full.PixelData]
+        assert [data[o : o + n] for o, n in parsed.frame_offsets] == expected
+
+
+def test_un_without_sequence_delimiter_is_refused() -> None:
+    data = un_sequences.with_un(un_sequences.un_value(terminated=False), pixels=False)
+    with pytest.raises(InvalidInstance, match=r"not terminated \(truncated\)"):
+        parse(data)
+
+
+def test_un_nested_too_deeply_is_refused() -> None:
+    depth = LIMITS.max_sequence_depth
+    parse(un_sequences.with_un(un_sequences.deep_un_value(depth)))
+    with pytest.raises(TooDeeplyNested):
+        parse(un_sequences.with_un(un_sequences.deep_un_value(depth + 1)))
+    with pytest.raises(TooDeeplyNested):
+        parse(un_sequences.with_un(un_sequences.deep_un_value(300)))
+
+
+def test_un_item_starting_with_a_long_element_is_refused_cleanly() -> None:
+    """Known limit (docs/architecture.md): pydicom 3 guesses the encoding of a UN item from
+    its first element, and an element whose length bytes look like a VR (0x4144, "DA")
+    is misread. Such an object is refused with a clear reason, never half-read."""
+    first = un_sequences.implicit(0x00080104, b"x" * 0x4144)
+    value = un_sequences.item(first) + un_sequences.SEQUENCE_END
+    with pytest.raises(InvalidInstance, match="cannot be parsed"):
+        parse(un_sequences.with_un(value))

@@ -25,6 +25,8 @@ from coffre.dicom import part10
 from coffre.errors import InvalidInstance, TooDeeplyNested, TooLarge, UnsupportedTransferSyntax
 from coffre.settings import LimitsSettings
 
+from . import un_sequences
+
 LIMITS = LimitsSettings()
 NATIVE = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
 
@@ -381,3 +383,92 @@ def test_truncated_deflate_stream() -> None:
         part10.scan(data[:-200], LIMITS)
     with pytest.raises(InvalidInstance, match="deflate"):
         part10.scan(data[:400] + b"\xff" * 100, LIMITS)
+
+
+# --- UN of undefined length (PS3.5 6.2.2) ---------------------------------------------
+
+UN_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000Lossless,
+]
+
+
+@pytest.mark.parametrize("ts", UN_SYNTAXES)
+def test_un_of_undefined_length_is_walked_as_an_implicit_vr_sequence(ts: str) -> None:
+    plain = part10.scan(factories.make_instance(transfer_syntax=ts), LIMITS)
+    data = un_sequences.with_un(un_sequences.un_value(), transfer_syntax=ts)
+    scan = part10.scan(data, LIMITS)
+    # every item and nested element was walked, not skipped as an opaque value
+    assert scan.element_count == plain.element_count + un_sequences.UN_ELEMENT_COUNT
+    pixel, before = scan.pixel_data, plain.pixel_data
+    assert pixel is not None and before is not None
+    # the pixel data after it is still found, at the right place
+    got = scan.buffer[pixel.value_offset : pixel.value_offset + pixel.value_length]
+    assert got == plain.buffer[before.value_offset : before.value_offset + before.value_length]
+    assert pixel.encapsulated == before.encapsulated
+    assert len(pixel.fragments) == len(before.fragments)
+
+
+def test_un_without_sequence_delimiter_is_truncated() -> None:
+    data = un_sequences.with_un(un_sequences.un_value(terminated=False), pixels=False)
+    with pytest.raises(InvalidInstance, match=r"\(0099,1010\) is not terminated \(truncated\)"):
+        part10.scan(data, LIMITS)
+
+
+def test_un_cut_anywhere_is_refused() -> None:
+    data = un_sequences.with_un(un_sequences.un_value(), pixels=False)
+    start = data.index(struct.pack("<HH", 0x0099, 0x1010) + b"UN")
+    part10.scan(data, LIMITS)
+    for cut in range(start + 1, len(data)):
+        with pytest.raises(InvalidInstance, match=r"truncated|exceeds the data"):
+            part10.scan(data[:cut], LIMITS)
+
+
+def test_un_items_count_towards_max_sequence_depth() -> None:
+    depth = LIMITS.max_sequence_depth
+    part10.scan(un_sequences.with_un(un_sequences.deep_un_value(depth)), LIMITS)
+    with pytest.raises(TooDeeplyNested, match="max_sequence_depth"):
+        part10.scan(un_sequences.with_un(un_sequences.deep_un_value(depth + 1)), LIMITS)
+    # inside a sequence, the UN adds to the depth of its container
+    inside = factories.deeply_nested(depth - 1)
+    needle = b"\xfe\xff\x00\xe0\xff\xff\xff\xff\xfe\xff\x0d\xe0"  # innermost item, empty
+    pos = inside.index(needle) + 8
+    un = struct.pack("<HH2s2xI", 0x0099, 0x1010, b"UN", 0xFFFFFFFF)
+    part10.scan(inside[:pos] + un + un_sequences.SEQUENCE_END + inside[pos:], LIMITS)
+    nested = un + un_sequences.deep_un_value(2)
+    with pytest.raises(TooDeeplyNested):
+        part10.scan(inside[:pos] + nested + inside[pos:], LIMITS)
+
+
+def test_un_nesting_is_walked_without_recursion() -> None:
+    data = un_sequences.with_un(un_sequences.deep_un_value(5000))
+    part10.scan(data, LimitsSettings(max_sequence_depth=5000))
+    with pytest.raises(TooDeeplyNested):
+        part10.scan(data, LimitsSettings(max_sequence_depth=4999))
+
+
+def test_lengths_inside_un_stay_within_the_data() -> None:
+    implicit, item = un_sequences.implicit, un_sequences.item
+    end = un_sequences.SEQUENCE_END
+    # an item longer than what is left
+    lying_item = item(implicit(0x00080100, b"CODE01"), length=0x7FFFFFF0) + end
+    with pytest.raises(InvalidInstance, match=r"item in \(0099,1010\) length exceeds the data"):
+        part10.scan(un_sequences.with_un(lying_item), LIMITS)
+    # an element longer than its item
+    lying_element = item(implicit(0x00080100, b"CODE01", length=200)) + end
+    with pytest.raises(InvalidInstance, match=r"\(0008,0100\) length exceeds the data"):
+        part10.scan(un_sequences.with_un(lying_element), LIMITS)
+    # something other than an item in the sequence
+    not_an_item = implicit(0x00080100, b"CODE01") + end
+    with pytest.raises(InvalidInstance, match=r"unexpected element \(0008,0100\) in \(0099,1010\)"):
+        part10.scan(un_sequences.with_un(not_an_item), LIMITS)
+
+
+def test_element_inside_un_larger_than_bound() -> None:
+    big = un_sequences.item(un_sequences.implicit(0x00080104, b"x" * 3000))
+    data = un_sequences.with_un(big + un_sequences.SEQUENCE_END)
+    part10.scan(data, LIMITS)
+    with pytest.raises(TooLarge, match=r"\(0008,0104\)"):
+        part10.scan(data, LimitsSettings(max_element_bytes=2000))

@@ -432,6 +432,9 @@ def _json_dataset(
             out[key] = {"vr": _json_vr(getattr(raw, "VR", None))}
             continue
         vr = _json_vr(elem.VR)
+        # A UN of undefined length holds a sequence in Implicit VR LE (PS3.5 6.2.2);
+        # pydicom reads it as SQ (``infer_sq_for_un_vr``), so its JSON is SQ with items
+        # (PS3.18 F.2.3), not UN bytes.
         if vr == "SQ":
             items = [
                 _json_dataset(item, f"{path}/{index}/", limits, notes, depth + 1)

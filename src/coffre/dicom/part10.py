@@ -400,7 +400,10 @@ def _scan_dataset(
                     raise TooDeeplyNested(
                         f"sequences nest deeper than max_sequence_depth ({max_depth})"
                     )
-                # PS3.5 6.2.2: an undefined-length UN is a sequence in implicit VR LE.
+                # PS3.5 6.2.2, 7.5.1: an undefined-length UN is a sequence in implicit VR
+                # LE; its items count towards the depth and every bound applies inside.
+                # (In retired Explicit VR Big Endian it is walked in big endian, as pydicom
+                # reads it, and so refused: neither could read it back.)
                 inner_implicit = here_implicit or vr == b"UN"
                 stack.append((_SEQ, -1, inner_implicit, tag, limit))
                 pos = value_pos

@@ -36,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    COFFRE,
     OUT,
     STORE_RULES,
     CoffreServer,
@@ -84,10 +85,15 @@ def run_storescp(files: list[Path], work: Path, *, ignore: bool, associations: i
 
 
 def run_coffre(files: list[Path], work: Path, *, associations: int,
-               profile: Path | None = None, workers: int = 1) -> dict[str, Any]:
-    data = work / f"coffre-{associations}-{workers}{'-profile' if profile else ''}"
+               profile: Path | None = None, workers: int = 1, patches: str = "") -> dict[str, Any]:
+    data = work / f"coffre-{associations}-{workers}{'-profile' if profile else ''}{'-x' if patches else ''}"
     rmtree(data)
-    server = CoffreServer(data, extra_env={"COFFRE_DICOM_WORKERS": str(workers)})
+    env = {"COFFRE_DICOM_WORKERS": str(workers)}
+    command: tuple[str, ...] = (COFFRE,)
+    if patches:  # benchmarks/_experiment_serve.py: Coffre with a change taken back, for an A/B
+        env["BENCH_COFFRE_PATCHES"] = patches
+        command = (sys.executable, str(Path(__file__).with_name("_experiment_serve.py")))
+    server = CoffreServer(data, extra_env=env, command=command)
     with server:
         spy = PySpy(server.pid, profile, subprocesses=workers > 1) if profile else None
         c0 = server.cpu()
@@ -187,6 +193,9 @@ def main() -> None:
                     help="also time the ingest service alone (no network), on the same files")
     ap.add_argument("--workers", default="1",
                     help="comma-separated [dicom] workers values for the Coffre runs; default 1 (e.g. 1,2)")
+    ap.add_argument("--experiment", default="",
+                    help="also run Coffre through benchmarks/_experiment_serve.py with these patches "
+                         "(e.g. polling-reactors), for an A/B in the same run")
     ap.add_argument("--pynetdicom-ceiling", action="store_true",
                     help="also measure a no-op pynetdicom C-STORE SCP (benchmarks/_noop_scp.py)")
     args = ap.parse_args()
@@ -197,7 +206,8 @@ def main() -> None:
     info = machine()
     log(f"machine: {info['nproc']} x {info['cpu']}, load {info['loadavg_at_start']}")
     work = Path(tempfile.mkdtemp(prefix="coffre-bench-ingest-", dir=args.workdir))
-    doc: dict[str, Any] = {"benchmark": "ingest", "machine": info, "slices": slices, "runs": {}}
+    doc: dict[str, Any] = {"benchmark": "ingest", "machine": info, "slices": slices, "runs": {},
+                           "experiment": args.experiment or None}
     try:
         log(f"generating {slices} CT slices in {work}")
         files = write_ct_series(work / "ct", slices)
@@ -225,9 +235,16 @@ def main() -> None:
                 run[key] = run_coffre(files, work, associations=n, workers=w)
                 log(f"  coffre (workers={w}) {run[key]['instances_per_s']} inst/s, "
                     f"{run[key]['server_cpu_ms_per_instance']} ms CPU/inst")
+            if args.experiment:
+                for w in worker_counts:
+                    key = f"experiment_{args.experiment}_workers_{w}"
+                    run[key] = run_coffre(files, work, associations=n, workers=w, patches=args.experiment)
+                    log(f"  experiment {args.experiment} (workers={w}) {run[key]['instances_per_s']} inst/s, "
+                        f"{run[key]['server_cpu_ms_per_instance']} ms CPU/inst")
             if "coffre" not in run:
                 run["coffre"] = run[f"coffre_workers_{worker_counts[0]}"]
             c = max(v["instances_per_s"] for k, v in run.items() if k.startswith("coffre"))
+            # (experiment rows are reported beside, never as Coffre's figure)
             run["ratios"] = {
                 "coffre_vs_storescp_ignore": ratio(c, run["storescp_ignore"]["instances_per_s"]),
                 "coffre_vs_storescp_disk": ratio(c, run["storescp_disk"]["instances_per_s"]),
@@ -277,9 +294,13 @@ def markdown(doc: dict[str, Any]) -> str:
             lines.append(f"| {n} | {label} | {r['instances_per_s']} | {r['MB_per_s']} | "
                          f"{r['server_cpu_ms_per_instance']} | {ratio(c['instances_per_s'], r['instances_per_s'])} |")
         for key, r in run.items():
-            if not key.startswith("coffre"):
+            if not key.startswith(("coffre", "experiment_")):
                 continue
             workers = 1 if key == "coffre" else int(key.rsplit("_", 1)[1])
+            if key.startswith("experiment_"):
+                lines.append(f"| {n} | experiment: Coffre with `{doc.get('experiment')}` (workers = {workers}) | "
+                             f"{r['instances_per_s']} | {r['MB_per_s']} | {r['server_cpu_ms_per_instance']} | |")
+                continue
             met = {True: "met", False: "not met", None: "-"}[
                 None if run["target_instances_per_s"] is None else r["instances_per_s"] >= run["target_instances_per_s"]]
             lines.append(f"| {n} | **Coffre** (fsync + index, workers = {workers}) | **{r['instances_per_s']}** | "

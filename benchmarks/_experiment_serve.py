@@ -20,9 +20,8 @@ separated, default ``shallow-contexts``) selects the patches:
   by construction), which lets SQLite start from the ``(facility_id,
   series_instance_uid)`` / ``(facility_id, study_instance_uid)`` unique indexes (0.2 ms).
 
-- ``polling-reactors`` (used by ``ingest.py --experiment``): the accepted associations
-  keep pynetdicom's own reactors, which poll every 1 ms, instead of Coffre's event-woken
-  ones (``coffre.net.dimse._EVENT_REACTORS``): an A/B of that change in one run.
+- ``polling-reactors`` was the A/B of event-woken acceptor reactors (commit aae5c0d);
+  they were taken out of ``src/`` after it (docs/performance.md, section 7).
 
 (The ``shallow-contexts`` fix is in ``src/`` since commit 9c6d830, so that patch is now a
 no-op kept for comparison. An ``explicit-first`` patch measured here earlier is obsolete: since commit 796b38b the
@@ -88,10 +87,6 @@ def _scoped_locate() -> None:
 
 
 def apply(patches: set[str]) -> None:
-    if "polling-reactors" in patches:
-        import coffre.net.dimse as dimse
-
-        dimse._EVENT_REACTORS = False
     if "shallow-contexts" in patches:
         transport.deepcopy = _shallow_contexts  # type: ignore[attr-defined]
     if "scoped-locate" in patches:

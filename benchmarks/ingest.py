@@ -195,7 +195,7 @@ def main() -> None:
                     help="comma-separated [dicom] workers values for the Coffre runs; default 1 (e.g. 1,2)")
     ap.add_argument("--experiment", default="",
                     help="also run Coffre through benchmarks/_experiment_serve.py with these patches "
-                         "(e.g. polling-reactors), for an A/B in the same run")
+                         "(see its docstring), for an A/B in the same run")
     ap.add_argument("--pynetdicom-ceiling", action="store_true",
                     help="also measure a no-op pynetdicom C-STORE SCP (benchmarks/_noop_scp.py)")
     args = ap.parse_args()

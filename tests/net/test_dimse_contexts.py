@@ -5,16 +5,11 @@
   contexts): negotiating associations (accepted, rejected and role-selected contexts)
   leaves every context as it was.
 - The accepting loop's ``service_actions`` collects the young generations only.
-- Acceptors run event-woken reactors (``_WakingAssociation``, ``_WakingSocket``): they
-  serve, release and abort as before, and each closes its ``eventfd`` when it ends.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000
 from pynetdicom import AE, build_role
 
 from coffre.app import Context, build_context
-from coffre.net.dimse import DimseServer, _NoDelayServer, _WakingAssociation
+from coffre.net.dimse import DimseServer, _NoDelayServer
 from coffre.settings import load_settings
 
 from . import dicomnet as net
@@ -90,53 +85,3 @@ def test_service_actions_collect_only_the_young_generations(monkeypatch: pytest.
     for _ in range(120):
         server.service_actions()
     assert calls == [(1,), (1,)]
-
-
-def _eventfds() -> int:
-    count = 0
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # the fd of listdir itself is gone
-            count += os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventfd]"
-    return count
-
-
-def _served(dimse: DimseServer, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        established = [a for a in dimse.ae.active_associations if a.is_established]
-        if established:
-            return established[0]
-        time.sleep(0.005)
-    raise AssertionError("no association on the server side")
-
-
-def _settled(dimse: DimseServer, baseline: int, timeout: float = 10.0) -> int:
-    """The number of eventfds once the server's associations have ended."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not dimse.ae.active_associations and _eventfds() <= baseline:
-            break
-        time.sleep(0.02)
-    return _eventfds()
-
-
-def test_acceptors_are_event_woken_and_close_their_eventfd(server: tuple[DimseServer, int]) -> None:
-    dimse, port = server
-    baseline = _eventfds()
-    for _ in range(5):
-        with net.association(port, contexts=[(VERIFICATION, [ExplicitVRLittleEndian])]) as assoc:
-            assert isinstance(_served(dimse), _WakingAssociation)
-            assert assoc.send_c_echo().Status == 0x0000
-            assert assoc.send_c_echo().Status == 0x0000
-    assert _settled(dimse, baseline) <= baseline
-    # a peer that aborts, and one that is refused (unknown calling AE title)
-    ae = AE(ae_title="PACS_A")
-    ae.add_requested_context(VERIFICATION)
-    aborted = ae.associate("127.0.0.1", port, ae_title=net.ARCHIVE_AE)
-    assert aborted.is_established
-    aborted.abort()
-    ae.ae_title = "NOBODY"
-    refused = ae.associate("127.0.0.1", port, ae_title=net.ARCHIVE_AE)
-    assert refused.is_rejected
-    ae.shutdown()
-    assert _settled(dimse, baseline) <= baseline

@@ -25,24 +25,17 @@ DIMSE status (``net.statuses``).
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
-import os
-import queue
-import select
 import socket
 import ssl
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any
 
-import pynetdicom
 from pynetdicom import AE, _config, evt
-from pynetdicom.association import Association
-from pynetdicom.dul import DULServiceProvider
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 
 from coffre.app import Context
 from coffre.dicom.sop_classes import STORAGE_SOP_CLASSES
@@ -121,194 +114,14 @@ def _young_collection() -> None:
     gc.collect(1)
 
 
-class _WakingQueue(queue.Queue[Any]):
-    """A queue that calls ``wake`` after each ``put`` (tells a waiting reactor)."""
-
-    def __init__(self, wake: Callable[[], None]) -> None:
-        super().__init__()
-        self._wake = wake
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        super().put(item, block, timeout)
-        self._wake()
-
-
-class _Wakeup:
-    """An ``eventfd`` that wakes a DUL thread waiting in ``select``; closed once (by
-    ``_WakingDUL.stop_dul`` when the thread has ended, else when garbage-collected)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-
-    def wake(self) -> None:
-        with self._lock:
-            if self.fd >= 0:
-                os.eventfd_write(self.fd, 1)
-
-    def drain(self) -> None:
-        with self._lock, contextlib.suppress(OSError):
-            if self.fd >= 0:
-                os.eventfd_read(self.fd)
-
-    def close(self) -> None:
-        with self._lock:
-            if self.fd >= 0:
-                os.close(self.fd)
-                self.fd = -1
-
-
-class _WakingSocket(AssociationSocket):
-    """The DUL's socket, whose ``ready`` waits (at most ``_POLL`` s) for incoming data or
-    for a primitive to send, instead of the DUL sleeping a fixed 1 ms between checks.
-
-    pynetdicom's DUL thread polls: every loop that found nothing sleeps
-    ``_run_loop_delay`` (1 ms), so each PDU received and each PDU sent waits up to 1 ms
-    for the loop to come round; an association with one C-FIND waits so about eight
-    times (docs/performance.md, section 4). Here the DUL's own sleep is 0 and the wait
-    happens in ``select`` on the peer's socket and an ``eventfd`` written when a
-    primitive is queued for sending: the thread wakes as soon as there is work, and
-    still loops at least every ``_POLL`` s for its timers and its kill flag, as before.
-    """
-
-    wakeup: _Wakeup
-
-    @property
-    def ready(self) -> bool:
-        sock = self.socket
-        if sock is None or self._is_connected is False:
-            return False
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
-        wake_fd = self.wakeup.fd
-        try:
-            fd = sock.fileno()
-            readable, _, _ = select.select([fd, wake_fd] if wake_fd >= 0 else [fd], [], [], _POLL)
-        except (OSError, TimeoutError, ValueError):
-            self.event_queue.put("Evt17")  # transport connection closed, as pynetdicom does
-            return False
-        if wake_fd >= 0 and wake_fd in readable:
-            self.wakeup.drain()
-        return fd in readable
-
-
-class _WakingAssociation(Association):
-    """An acceptor whose reactor waits for its next message instead of sleeping 1 ms.
-
-    pynetdicom's ``Association._run_reactor`` sleeps 1 ms at the top of every loop before
-    it looks for a decoded DIMSE message or an A-RELEASE/A-ABORT from the DUL. Here the
-    DUL's queues to this thread (``_WakingQueue``) set ``_wake``, and the loop waits on it
-    for at most the same 1 ms: the same loop, woken as soon as there is work. The body is
-    pynetdicom 3.0's, with that wait in place of the sleep (``_EVENT_REACTORS``).
-    """
-
-    _wake: threading.Event
-
-    def kill(self) -> None:
-        super().kill()  # returns once the DUL thread has ended
-        if not self.dul.is_alive():
-            cast(_WakingSocket, self.dul.socket).wakeup.close()
-
-    def _run_reactor(self) -> None:
-        self._is_paused = False
-        while not self._kill:
-            self._wake.wait(_POLL)
-            self._wake.clear()
-            # pynetdicom: the reactor may be paused by send_*() / release()
-            self._is_paused = True
-            self._reactor_checkpoint.wait()
-            self._is_paused = False
-            context_id, msg = self.dimse.get_msg(block=False)
-            if msg:
-                self._serve_request(msg, cast(int, context_id))
-            if self.is_established and self.acse.is_release_requested():
-                self.acse.send_release(is_response=True)
-                _UL_LOG.info("Association Released")
-                self.is_released = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_RELEASED, {})
-                self.kill()
-                return
-            if self.acse.is_aborted():
-                _UL_LOG.info("Association Aborted" + (" (A-P-ABORT)" if self.acse.is_aborted("a-p-abort") else ""))
-                self.dul.receive_pdu(wait=False)  # so that EVT_ACSE_RECV fires
-                self.is_aborted = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_ABORTED, {})
-                self.kill()
-                return
-            if not self.dul.is_alive():
-                self.kill()
-                return
-            if self.dul.idle_timer_expired():
-                _UL_LOG.error("Network timeout reached")
-                if self.network_timeout_response == "A-RELEASE":
-                    self._is_paused = True
-                    self._reactor_checkpoint.wait()
-                    self.release()
-                    self._is_paused = False
-                else:
-                    self.abort()
-                self.kill()
-                return
-
-
-class _WakingDUL(DULServiceProvider):
-    """The DUL of a ``_WakingSocket``: stopping it wakes its wait instead of polling."""
-
-    def stop_dul(self) -> bool:
-        if self.state_machine.current_state != "Sta1":
-            return False
-        self._kill_thread = True
-        wakeup = cast(_WakingSocket, self.socket).wakeup
-        wakeup.wake()
-        if threading.current_thread() is not self:
-            while self.is_alive():
-                self.join(_POLL)
-            wakeup.close()
-        return True
-
-
-#: the most a reactor waits before it looks at its timers and kill flag again (pynetdicom's 1 ms)
-_POLL = 0.001
-#: pynetdicom's association log, where the reactor's own messages go
-_UL_LOG = logging.getLogger("pynetdicom.association")
-#: the reactor bodies above are pynetdicom 3.0's; another version keeps its own reactors
-_EVENT_REACTORS = pynetdicom.__version__.startswith("3.0.") and hasattr(os, "eventfd")
-
-
-class _RequestHandler(RequestHandler):
-    """pynetdicom's request handler, with acceptors woken by events (``_WakingSocket``,
-    ``_WakingAssociation``) instead of polling every 1 ms."""
-
-    def _create_association(self) -> Association:
-        assoc = super()._create_association()
-        if not _EVENT_REACTORS:
-            return assoc
-        wake = threading.Event()
-        assert assoc.dul.socket is not None
-        assoc.dul.socket.__class__ = _WakingSocket
-        sock = cast(_WakingSocket, assoc.dul.socket)
-        sock.wakeup = _Wakeup()
-        weakref.finalize(sock, sock.wakeup.close)  # if stop_dul could not close it
-        dul = assoc.dul
-        dul.to_provider_queue = _WakingQueue(sock.wakeup.wake)
-        dul.to_user_queue = _WakingQueue(wake.set)
-        dul._run_loop_delay = 0  # the wait is in _WakingSocket.ready
-        dul.__class__ = _WakingDUL
-        assoc.dimse.msg_queue = _WakingQueue(wake.set)
-        assoc.__class__ = _WakingAssociation
-        cast(_WakingAssociation, assoc)._wake = wake
-        return assoc
-
-
 class _NoDelayServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with TCP_NODELAY on each accepted socket, and
-    event-woken acceptor reactors (``_RequestHandler``)."""
+    """pynetdicom's threaded server with TCP_NODELAY on each accepted socket.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("request_handler", _RequestHandler)
-        super().__init__(*args, **kwargs)
+    (Event-woken acceptor reactors in place of pynetdicom's 1 ms polling were tried and
+    taken out: in A/B runs of the same tree they changed C-FIND and ingest figures by
+    less than the run-to-run noise, for a copy of pynetdicom's reactor loop to maintain;
+    docs/performance.md, section 7.)
+    """
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = super().get_request()
@@ -347,10 +160,6 @@ class _TlsServer(ThreadedAssociationServer):
     handshake_timeout: float = 30.0
     on_handshake_failure: Callable[[str, BaseException], None] | None = None
     service_actions = _NoDelayServer.service_actions
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("request_handler", _RequestHandler)
-        super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         assert self.socket is not None and self.ssl_context is not None

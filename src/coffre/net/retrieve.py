@@ -310,8 +310,7 @@ def _poll_faster(assoc: Any) -> float | None:
     """
     dul = getattr(assoc, "dul", None)
     previous = getattr(dul, "_run_loop_delay", None)
-    # only ever shorter: an association whose DUL already waits on its socket instead of
-    # sleeping (``net.dimse``'s event-woken acceptors, delay 0) is left as it is
+    # only ever shorter: a DUL that already sleeps less is left as it is
     if _RETRIEVE_POLL is not None and isinstance(previous, (int, float)) and previous > _RETRIEVE_POLL:
         dul._run_loop_delay = _RETRIEVE_POLL  # type: ignore[union-attr]
         return float(previous)

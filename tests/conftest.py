@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,11 +200,12 @@ def pg_template(pg_server: PgServer) -> str:
     return _TEMPLATE
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A migrated index, on SQLite (a fresh file) and on PostgreSQL (a template copy)."""
+@contextmanager
+def migrated_database(request: pytest.FixtureRequest, folder: Path) -> Iterator[Database]:
+    """A migrated index for ``request.param`` (``sqlite``: a fresh file in ``folder``;
+    ``postgresql``: a copy of the session's migrated template), disposed afterwards."""
     if request.param == "sqlite":
-        db = open_database(f"sqlite:///{tmp_path / 'index.db'}")
+        db = open_database(f"sqlite:///{folder / 'index.db'}")
         upgrade(db)
         try:
             yield db
@@ -219,3 +221,10 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
     finally:
         db.dispose()
         server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated index, on SQLite (a fresh file) and on PostgreSQL (a template copy)."""
+    with migrated_database(request, tmp_path) as db:
+        yield db

@@ -8,7 +8,6 @@ out per instance (the instant each stored value names, in UTC when it has an off
 from __future__ import annotations
 
 import importlib.util
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import factories
 from coffre.app import Context
 from coffre.dicom.attributes import Level
 from coffre.dicom.query import InvalidQuery, Model, Query, make_filter, parse_identifier
-from coffre.index.engine import Database, open_database
+from coffre.index.engine import Database
 from coffre.index.migrate import MIGRATIONS, alembic_config, current_revision, head, upgrade
 from coffre.index.query import Scope, run_query
 from coffre.index.schema import instance
@@ -33,6 +32,7 @@ from coffre.services import facilities
 from coffre.services.ingest import ingest
 from coffre.settings import Settings
 from coffre.storage.memory import MemoryBlobStore
+from conftest import migrated_database
 
 from .test_query import identifier
 
@@ -92,23 +92,8 @@ def _populate(db: Database, data_dir: Path) -> Archive:
 )
 def archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     tmp = tmp_path_factory.mktemp("dtquery")
-    if request.param == "sqlite":
-        db = open_database(f"sqlite:///{tmp / 'index.db'}")
-        upgrade(db)
-        try:
-            yield _populate(db, tmp)
-        finally:
-            db.dispose()
-        return
-    server = request.getfixturevalue("pg_server")
-    template = request.getfixturevalue("pg_template")
-    name = f"test_dt_{uuid.uuid4().hex[:12]}"
-    db = open_database(server.create_database(name, template=template))
-    try:
+    with migrated_database(request, tmp) as db:
         yield _populate(db, tmp)
-    finally:
-        db.dispose()
-        server.drop_database(name)
 
 
 def matches(archive: Archive, raw: str | None) -> list[int]:

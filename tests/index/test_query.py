@@ -7,7 +7,6 @@ wild card characters and a PatientID holding SQL text.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,7 @@ from coffre.dicom.query import (
     parse_identifier,
 )
 from coffre.dicom.synthetic import MODALITY_SOP, InstanceSpec, make_instance
-from coffre.index.engine import Database, open_database
-from coffre.index.migrate import upgrade
+from coffre.index.engine import Database
 from coffre.index.query import Row, Scope, compile_query, run_query
 from coffre.index.schema import patient
 from coffre.model import Actor, Permission
@@ -40,6 +38,7 @@ from coffre.services import facilities
 from coffre.services.ingest import ingest
 from coffre.settings import Settings
 from coffre.storage.memory import MemoryBlobStore
+from conftest import migrated_database
 
 # tags
 PATIENT_ID, PATIENT_NAME, BIRTH_DATE, SEX = 0x00100020, 0x00100010, 0x00100030, 0x00100040
@@ -154,23 +153,8 @@ def archive(
     the session's migrated PostgreSQL template), built once instead of once per test.
     """
     tmp = tmp_path_factory.mktemp("query")
-    if request.param == "sqlite":
-        db = open_database(f"sqlite:///{tmp / 'index.db'}")
-        upgrade(db)
-        try:
-            yield _populate(db, tmp)
-        finally:
-            db.dispose()
-        return
-    server = request.getfixturevalue("pg_server")
-    template = request.getfixturevalue("pg_template")
-    name = f"test_query_{uuid.uuid4().hex[:12]}"
-    db = open_database(server.create_database(name, template=template))
-    try:
+    with migrated_database(request, tmp) as db:
         yield _populate(db, tmp)
-    finally:
-        db.dispose()
-        server.drop_database(name)
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -331,6 +331,26 @@ COMPRESSED = {
 }
 
 
+@pytest.fixture
+def in_process_dimse(tmp_path: Path) -> Iterator[tuple[Any, int]]:
+    """``net.dimse.DimseServer`` in this process on the test territory: (server, port),
+    for tests that look at the listener's own objects (sockets, threads, contexts)."""
+    from coffre.net.dimse import DimseServer
+
+    data = tmp_path / "data"
+    prepare_territory(data)
+    ctx = build_context(load_settings(data, {
+        "COFFRE_DICOM_PORT": "0", "COFFRE_DICOM_HOST": "127.0.0.1", "COFFRE_STORAGE_FSYNC": "false",
+    }))
+    dimse = DimseServer(ctx)
+    try:
+        _host, port = dimse.start()
+        yield dimse, port
+    finally:
+        dimse.stop()
+        ctx.close()
+
+
 @pytest.fixture(scope="session")
 def compressed_files(tmp_path_factory: pytest.TempPathFactory) -> dict[Path, str]:
     """Compressed files of pydicom and pydicom-data (offline), complete enough to archive."""

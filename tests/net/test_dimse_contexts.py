@@ -10,20 +10,15 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom import AE, build_role
 
-from coffre.app import Context, build_context
 from coffre.net.dimse import DimseServer, _NoDelayServer
-from coffre.settings import load_settings
 
 from . import dicomnet as net
-from .conftest import prepare_territory
 
 VERIFICATION = "1.2.840.10008.1.1"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -31,19 +26,8 @@ STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[DimseServer, int]]:
-    data = tmp_path / "data"
-    prepare_territory(data)
-    ctx: Context = build_context(load_settings(data, {
-        "COFFRE_DICOM_PORT": "0", "COFFRE_DICOM_HOST": "127.0.0.1", "COFFRE_STORAGE_FSYNC": "false",
-    }))
-    dimse = DimseServer(ctx)
-    try:
-        _host, port = dimse.start()
-        yield dimse, port
-    finally:
-        dimse.stop()
-        ctx.close()
+def server(in_process_dimse: tuple[DimseServer, int]) -> tuple[DimseServer, int]:
+    return in_process_dimse
 
 
 def _snapshot(contexts: list[Any]) -> list[tuple[Any, ...]]:

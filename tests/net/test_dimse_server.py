@@ -10,38 +10,22 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from coffre.app import Context, build_context
 from coffre.net.dimse import DimseServer
-from coffre.settings import load_settings
 
 from . import dicomnet as net
-from .conftest import prepare_territory
 
 VERIFICATION = "1.2.840.10008.1.1"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[DimseServer, int]]:
-    data = tmp_path / "data"
-    prepare_territory(data)
-    ctx: Context = build_context(load_settings(data, {
-        "COFFRE_DICOM_PORT": "0", "COFFRE_DICOM_HOST": "127.0.0.1", "COFFRE_STORAGE_FSYNC": "false",
-    }))
-    dimse = DimseServer(ctx)
-    try:
-        _host, port = dimse.start()
-        yield dimse, port
-    finally:
-        dimse.stop()
-        ctx.close()
+def server(in_process_dimse: tuple[DimseServer, int]) -> tuple[DimseServer, int]:
+    return in_process_dimse
 
 
 def _server_side(dimse: DimseServer, expected: int, timeout: float = 10.0) -> list[Any]:

@@ -112,6 +112,19 @@ class PixelElement:
 
 
 @dataclass(frozen=True, slots=True)
+class TopElement:
+    """A top-level data set element as encoded (PS3.5 7.1): its VR (``None`` in implicit
+    VR), value length (``UNDEFINED_LENGTH`` for a sequence or encapsulated pixel data of
+    undefined length) and where its header and value start in ``ScanResult.buffer``."""
+
+    tag: int
+    vr: str | None
+    length: int
+    header_offset: int
+    value_offset: int
+
+
+@dataclass(frozen=True, slots=True)
 class ScanResult:
     transfer_syntax_uid: str
     media_storage_sop_class_uid: str
@@ -125,6 +138,17 @@ class ScanResult:
     pixels: dict[int, PixelElement]
     #: number of data set elements seen, all levels (for statistics and tests)
     element_count: int
+    #: the top-level elements in order (their values end where the next header starts)
+    elements: tuple[TopElement, ...] = ()
+
+    def value_of(self, index: int) -> bytes:
+        """The encoded value of ``elements[index]``; for an undefined length, the items
+        without the closing Sequence Delimitation Item (PS3.5 7.5.2)."""
+        element = self.elements[index]
+        end = self.elements[index + 1].header_offset if index + 1 < len(self.elements) else len(self.buffer)
+        if element.length == UNDEFINED_LENGTH:
+            end -= 8
+        return self.buffer[element.value_offset : end]
 
     @property
     def pixel_data(self) -> PixelElement | None:
@@ -170,7 +194,7 @@ def scan(data: bytes, limits: LimitsSettings) -> ScanResult:
             data, ds_offset, limits.max_inflated_bytes, limits.max_element_bytes
         )
         ds_offset = 0
-    pixels, count = _scan_dataset(
+    pixels, count, elements = _scan_dataset(
         buffer, ds_offset, syntax.little_endian, syntax.implicit_vr, limits
     )
     return ScanResult(
@@ -182,6 +206,7 @@ def scan(data: bytes, limits: LimitsSettings) -> ScanResult:
         deflated=syntax.deflated,
         pixels=pixels,
         element_count=count,
+        elements=tuple(elements),
     )
 
 
@@ -294,7 +319,7 @@ def _walk_headers(
 
 def _scan_dataset(
     buf: bytes, start: int, little: bool, implicit: bool, limits: LimitsSettings
-) -> tuple[dict[int, PixelElement], int]:
+) -> tuple[dict[int, PixelElement], int, list[TopElement]]:
     """Iterative walk of a data set; see the module docstring for what is enforced.
 
     The stack holds one entry per open sequence or item:
@@ -311,6 +336,7 @@ def _scan_dataset(
     stack: list[tuple[int, int, bool, int, int]] = []
     depth = 0
     pixels: dict[int, PixelElement] = {}
+    top: list[TopElement] = []
     count = 0
     pos = start
     here_implicit = implicit
@@ -386,6 +412,8 @@ def _scan_dataset(
             else:
                 raise InvalidInstance(f"element {tag_str(tag)} has an invalid VR")
         value_pos = pos + header
+        if not stack:
+            top.append(TopElement(tag, vr.decode("ascii") if vr else None, length, pos, value_pos))
 
         if length == UNDEFINED_LENGTH:
             if tag == PIXEL_DATA and vr in (b"OB", b"OW", None):
@@ -441,7 +469,7 @@ def _scan_dataset(
             raise TooLarge(f"element {tag_str(tag)} is larger than max_element_bytes")
         pos = value_pos + length
 
-    return pixels, count
+    return pixels, count, top
 
 
 def _scan_fragments(

@@ -48,6 +48,7 @@ from coffre.dicom.synthetic import encode as part10
 from coffre.index.retrieve import InstanceRef
 from coffre.net import retrieve
 from coffre.net.retrieve import payload, raw_dataset
+from coffre.settings import LimitsSettings
 
 from ..conftest import COMPRESSED, Archive
 from ..dicomnet import dataset_part, send_raw, status_of
@@ -94,7 +95,8 @@ def _un_undefined_length() -> bytes:
     out += struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)  # item of undefined length
     out += struct.pack("<HHL", 0x0008, 0x0100, 4) + b"abcd"  # implicit VR inside
     out += struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
-    out += struct.pack("<HHL", 0xFFFE, 0xE000, 2) + b"xy"  # item of defined length
+    inner = struct.pack("<HHL", 0x0008, 0x0100, 2) + b"xy"
+    out += struct.pack("<HHL", 0xFFFE, 0xE000, len(inner)) + inner  # item of defined length
     out += struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
     return out
 
@@ -204,7 +206,9 @@ def test_raw_dataset_of_truncated_bytes_behaves_like_dcmread(cut: int) -> None:
             lambda: dcmread(BytesIO(data)))
 
 
-def test_raw_dataset_rejects_sequences_nested_too_deep_to_dcmread(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_raw_dataset_leaves_what_the_bounded_walk_refuses_to_dcmread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The walk is ingest's (``part10.scan``) with the archive's limits: sequences nested
+    deeper than ``max_sequence_depth`` are not cut out but read by ``dcmread``."""
     calls: list[int] = []
     real = retrieve._read
 
@@ -212,9 +216,10 @@ def test_raw_dataset_rejects_sequences_nested_too_deep_to_dcmread(monkeypatch: p
         calls.append(1)
         return real(data)
 
-    monkeypatch.setattr(retrieve, "_MAX_DEPTH", 0)
     monkeypatch.setattr(retrieve, "_read", spy)
     raw_dataset(_rich(), ExplicitVRLittleEndian)
+    assert calls == []
+    raw_dataset(_rich(), ExplicitVRLittleEndian, LimitsSettings(max_sequence_depth=1))
     assert calls == [1]
 
 

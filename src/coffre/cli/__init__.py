@@ -15,7 +15,6 @@ import signal
 import socket
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +22,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from coffre import __version__
+from coffre import __version__, logs
 from coffre.cli.common import OPERATOR, DataOption, _context, _progress, _typer, err, out
 from coffre.model import Actor
 from coffre.settings import DEFAULT_TOML, SETTINGS_FILE
@@ -35,16 +34,7 @@ app = _typer("Coffre territorial imaging archive.")
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # The DICOM libraries quote element values (patient data, or a sender's hostile
-    # text) in their log messages and warnings: keep them out of the logs.
-    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
-    logging.getLogger("pynetdicom").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+    logs.configure(logging.INFO if verbose else logging.WARNING)
 
 
 @app.command()

@@ -32,6 +32,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from coffre import logs
 from coffre.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def _die_with_parent() -> None:
         log.warning("worker cannot ask to die with its parent on this platform")
 
 
-def _worker_main(settings: Settings, port: int, parent_pid: int, ready: Connection) -> None:
+def _worker_main(settings: Settings, port: int, parent_pid: int, ready: Connection, log_level: int) -> None:
     """A worker process: the DIMSE listener alone, until SIGTERM/SIGINT or the parent's end."""
     import os
 
@@ -62,7 +63,7 @@ def _worker_main(settings: Settings, port: int, parent_pid: int, ready: Connecti
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    logging.basicConfig(level=logging.WARNING)
+    logs.configure(log_level)  # as the serve process: no patient data in the logs
 
     from coffre.app import build_context
     from coffre.net.dimse import DimseServer
@@ -109,7 +110,8 @@ class DimseWorkers:
 
         receive, send = self._mp.Pipe(duplex=False)
         proc = self._mp.Process(
-            target=_worker_main, args=(self.settings, self.port, os.getpid(), send),
+            target=_worker_main,
+            args=(self.settings, self.port, os.getpid(), send, logging.getLogger().getEffectiveLevel()),
             name="coffre-dimse-worker", daemon=False,
         )
         proc.start()

@@ -127,3 +127,48 @@ def test_workers_stop_with_the_serve_process(start_archive: Callable[..., Archiv
     worker = _pids(killed)[1]
     killed.kill()
     assert _gone(worker), "a worker outlived its killed serve process"
+
+
+def _children(pid: int) -> set[int]:
+    """Live child processes of ``pid`` (spawned workers; multiprocessing's resource
+    tracker too)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_a_dead_worker_is_started_again(start_archive: Callable[..., Archive]) -> None:
+    archive = start_archive(COFFRE_DICOM_WORKERS="2")
+    assert archive.proc is not None
+    worker = _pids(archive)[1]
+    before = _children(archive.proc.pid)
+    os.kill(worker, 9)
+    assert _gone(worker)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        new = _children(archive.proc.pid) - before
+        if new:
+            break
+        time.sleep(0.1)
+    assert new, "no worker was started again"
+    # and the port is still served by two processes: 16 associations reach both again
+    ae = AE(ae_title="PACS_A")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    replacement = next(iter(new))
+    deadline = time.monotonic() + 30
+    while _sockets(replacement) < 1 and time.monotonic() < deadline:  # its listening socket is up
+        time.sleep(0.1)
+    before_sockets = _sockets(replacement)
+    assocs = [ae.associate(archive.host, archive.dicom_port, ae_title=archive.ae_title) for _ in range(16)]
+    try:
+        assert all(a.is_established for a in assocs)
+        assert _sockets(replacement) > before_sockets
+    finally:
+        for a in assocs:
+            a.release()

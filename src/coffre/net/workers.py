@@ -90,7 +90,10 @@ class DimseWorkers:
         self.count = max(settings.dicom.workers - 1, 0)
         self._mp = multiprocessing.get_context("spawn")  # never fork a threaded process
         self._procs: list[BaseProcess | None] = [None] * self.count
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # no more restarts
+        #: the watcher ends only after its workers: PR_SET_PDEATHSIG fires when the
+        #: *thread* that started a worker ends, and it starts the restarted ones
+        self._done = threading.Event()
         self._watcher: threading.Thread | None = None
 
     @property
@@ -128,7 +131,9 @@ class DimseWorkers:
         return proc
 
     def _watch(self) -> None:
-        while not self._stopping.wait(RESTART_DELAY):
+        while not self._done.wait(RESTART_DELAY):
+            if self._stopping.is_set():
+                continue
             for slot, proc in enumerate(self._procs):
                 if proc is None or proc.is_alive() or self._stopping.is_set():
                     continue
@@ -141,8 +146,6 @@ class DimseWorkers:
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM every worker (each aborts its open associations), then wait for them."""
         self._stopping.set()
-        if self._watcher is not None:
-            self._watcher.join(RESTART_DELAY * 2 + 1)
         procs: list[Any] = [p for p in self._procs if p is not None]
         for proc in procs:
             if proc.is_alive():
@@ -152,3 +155,6 @@ class DimseWorkers:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
+        self._done.set()
+        if self._watcher is not None:
+            self._watcher.join(RESTART_DELAY * 2 + 1)

@@ -207,7 +207,7 @@ def main() -> None:
     log(f"machine: {info['nproc']} x {info['cpu']}, load {info['loadavg_at_start']}")
     work = Path(tempfile.mkdtemp(prefix="coffre-bench-ingest-", dir=args.workdir))
     doc: dict[str, Any] = {"benchmark": "ingest", "machine": info, "slices": slices, "runs": {},
-                           "experiment": args.experiment or None}
+                           "experiment": args.experiment or None, "workers": worker_counts}
     try:
         log(f"generating {slices} CT slices in {work}")
         files = write_ct_series(work / "ct", slices)
@@ -296,6 +296,8 @@ def markdown(doc: dict[str, Any]) -> str:
         for key, r in run.items():
             if not key.startswith(("coffre", "experiment_")):
                 continue
+            if key == "coffre" and 1 not in doc.get("workers", [1]):
+                continue  # an alias of the first workers value's run, not a run of its own
             workers = 1 if key == "coffre" else int(key.rsplit("_", 1)[1])
             if key.startswith("experiment_"):
                 lines.append(f"| {n} | experiment: Coffre with `{doc.get('experiment')}` (workers = {workers}) | "

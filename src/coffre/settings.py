@@ -44,8 +44,8 @@ class DicomSettings:
     dimse_timeout: float = 60.0
     #: Refuse associations whose peer address does not resolve from the node's host.
     verify_peer_host: bool = True
-    #: Processes accepting DIMSE associations on ``port`` (SO_REUSEPORT, Linux); 1 = the
-    #: serve process alone. Each worker has its own engine and its own pynetdicom AE.
+    #: Processes serving DIMSE associations on ``port``; 1 = the serve process alone. With
+    #: more, the serve process accepts and hands connections out in turn (``net.workers``).
     workers: int = 1
 
 
@@ -391,8 +391,8 @@ acse_timeout = 30.0
 dimse_timeout = 60.0
 # Refuse an association whose peer address is not the registered node's host.
 verify_peer_host = true
-# Processes accepting associations on the DICOM port (SO_REUSEPORT; Linux). 1 = the
-# serve process alone; the number of cores spreads concurrent senders over them.
+# Processes serving associations on the DICOM port. 1 = the serve process alone; the
+# number of cores spreads concurrent senders over them (connections handed out in turn).
 workers = 1
 
 [http]

@@ -87,7 +87,7 @@ def serve(
     import uvicorn
 
     from coffre.net.dimse import DimseServer
-    from coffre.net.workers import DimseWorkers
+    from coffre.net.workers import DimseWorkers, Dispatcher
     from coffre.services.audit import record_application
     from coffre.services.audit_export import start_exporter
     from coffre.services.demo import load_demo
@@ -99,10 +99,16 @@ def serve(
             with _progress("demo") as progress:
                 load_demo(ctx, progress=progress)
         s = ctx.settings
-        dimse = DimseServer(ctx, shared_port=s.dicom.workers > 1)
+        # [dicom] workers > 1: this process accepts on the DICOM port and hands each
+        # connection in turn to itself and to workers - 1 worker processes (net.workers)
+        dispatcher = Dispatcher(s.dicom.host, s.dicom.port) if s.dicom.workers > 1 else None
+        handoff = (dispatcher.add_target()[1], dispatcher.address) if dispatcher is not None else None
+        dimse = DimseServer(ctx, handoff=handoff)
         dicom_host, dicom_port = dimse.start()
-        workers = DimseWorkers(s, dicom_port)  # [dicom] workers - 1 more listeners on that port
+        workers = DimseWorkers(s, dispatcher)
         workers.start()
+        if dispatcher is not None:
+            dispatcher.start()
         # The start-up heap (SQLAlchemy, pydicom's dictionaries, the presentation contexts)
         # lives as long as the process: out of the collector's sight, a full collection no
         # longer walks it with the GIL held (~90 ms here; docs/performance.md, section 4).
@@ -130,7 +136,7 @@ def serve(
             soft_wrap=True,
         )
         if workers.count:
-            out.print(f"DICOM port shared by {workers.count + 1} processes (pids {os.getpid()}, "
+            out.print(f"DICOM port served by {workers.count + 1} processes (pids {os.getpid()}, "
                       f"{', '.join(map(str, workers.pids))})", soft_wrap=True)
         from coffre.viewer.bundle import status_line as viewer_status_line
 
@@ -139,6 +145,8 @@ def serve(
         try:
             server.run(sockets=[http_socket])
         finally:
+            if dispatcher is not None:
+                dispatcher.close()
             workers.stop()
             dimse.stop()
             record_application(ctx, "stop")

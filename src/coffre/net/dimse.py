@@ -136,15 +136,38 @@ class _NoDelayServer(ThreadedAssociationServer):
             _young_collection()
 
 
-class _SharedPortServer(_NoDelayServer):
-    """The listener of one of ``[dicom] workers`` processes: ``SO_REUSEPORT`` lets every
-    worker bind the same port, and the kernel spreads new connections over them."""
+class _HandoffServer(_NoDelayServer):
+    """The listener of one of the ``[dicom] workers`` processes (``net.workers``).
+
+    It binds nothing: the serve process accepts every connection on the DICOM port and
+    hands each one over on a Unix socket (``SCM_RIGHTS``); this server waits on that
+    socket instead of a listening one, and ``get_request`` receives the connection.
+    ``handoff`` and ``public_address`` are set on a subclass per server
+    (``DimseServer``), since pynetdicom constructs the server itself.
+    """
+
+    handoff: socket.socket
+    public_address: tuple[str, int]
 
     def server_bind(self) -> None:
-        # pynetdicom's server_bind ignores socketserver's allow_reuse_port
         assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        self.socket.close()
+        self.socket = self.handoff
+        self.server_address = self.public_address
+
+    def server_activate(self) -> None:
+        pass  # nothing to listen on: connections arrive through the hand-off socket
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        _msg, fds, _flags, _addr = socket.recv_fds(self.handoff, 1, 1)
+        if not fds:
+            raise OSError("the hand-off socket closed")
+        client = socket.socket(fileno=fds[0])
+        try:
+            return client, client.getpeername()
+        except OSError:
+            client.close()  # the peer left before this process took the connection
+            raise
 
 
 class _TlsServer(ThreadedAssociationServer):
@@ -226,11 +249,22 @@ def _quiet_refusals() -> None:
 class DimseServer:
     """Owns the pynetdicom AE and its listening socket for one ``Context``."""
 
-    def __init__(self, ctx: Context, *, shared_port: bool = False, with_tls: bool = True) -> None:
-        """``shared_port``: bind with ``SO_REUSEPORT`` (``net.workers``); ``with_tls=False``:
-        no TLS listener in this process (the workers leave it to the serve process)."""
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        handoff: tuple[socket.socket, tuple[str, int]] | None = None,
+        with_tls: bool = True,
+    ) -> None:
+        """``handoff``: take connections from this Unix socket instead of binding the DICOM
+        port (``net.workers``: the socket and the port's public address);
+        ``with_tls=False``: no TLS listener in this process (workers leave it to the
+        serve process)."""
         self.ctx = ctx
-        self._server_class: type[ThreadedAssociationServer] = _SharedPortServer if shared_port else _NoDelayServer
+        self._server_class: type[ThreadedAssociationServer] = _NoDelayServer
+        if handoff is not None:
+            self._server_class = type("_HandoffServerOf", (_HandoffServer,),
+                                      {"handoff": handoff[0], "public_address": handoff[1]})
         _quiet_refusals()
         self._actors: weakref.WeakKeyDictionary[Any, Actor] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()

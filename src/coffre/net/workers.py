@@ -1,31 +1,39 @@
-"""Extra DIMSE listener processes sharing the DICOM port (``[dicom] workers``).
+"""Several processes serving the DICOM port (``[dicom] workers``).
 
 pynetdicom runs one thread per association, and every thread of a process shares one
 interpreter lock: with several sending modalities at once, the store path's Python
 (parsing, index statements, pynetdicom's own PDU handling) is serialised and one
 process keeps about one core busy (docs/performance.md, section 3). With
-``[dicom] workers = N`` the serve process and N - 1 worker processes each bind the
-DICOM port with ``SO_REUSEPORT``; the Linux kernel spreads new connections over the
-listening sockets (by a hash of the connection's addresses and ports), so concurrent
-associations run on several cores.
+``[dicom] workers = N`` the serve process and N - 1 worker processes serve
+associations, so concurrent associations run on several cores.
+
+The serve process alone listens on the DICOM port (``Dispatcher``): it accepts each
+connection and hands it, in turn, to the next process over a Unix socket
+(``SCM_RIGHTS``), itself included; each process's pynetdicom server takes its
+connections from that socket (``net.dimse._HandoffServer``). Round robin spreads
+associations evenly even when they are few (the kernel's ``SO_REUSEPORT`` hashing, tried
+first, put four associations 3 + 1 on two processes). A process that does not take the
+connection (dead, or being restarted) is skipped.
 
 Each worker builds its own ``Context`` (its own engine and blob store) from the serve
 process's ``Settings``; it holds no state of its own, so nothing changes for ingest's
 durability (DESIGN rule 4) or for the audit chain (the index serialises writers across
-processes: SQLite's write lock, PostgreSQL's advisory lock). Workers never listen for
+processes: SQLite's writer gate, PostgreSQL's advisory lock). Workers never listen for
 DICOM TLS (the serve process does) and stop with the serve process: on Linux they ask
 the kernel for SIGKILL when their parent dies (``PR_SET_PDEATHSIG``), so a killed
-archive leaves no listener behind. A worker that exits unexpectedly is started again.
+archive leaves no process behind. A worker that exits unexpectedly is started again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
 import logging
 import multiprocessing
 import signal
+import socket
 import threading
 from dataclasses import replace
 from multiprocessing.connection import Connection
@@ -53,7 +61,82 @@ def _die_with_parent() -> None:
         log.warning("worker cannot ask to die with its parent on this platform")
 
 
-def _worker_main(settings: Settings, port: int, parent_pid: int, ready: Connection, log_level: int) -> None:
+class Dispatcher:
+    """The DICOM port's one listening socket, handing connections out in turn (module doc)."""
+
+    def __init__(self, host: str, port: int, backlog: int = 128) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((host, port))
+        self._listener.listen(backlog)
+        bound = self._listener.getsockname()
+        self.address: tuple[str, int] = (str(bound[0]), int(bound[1]))
+        self._targets: list[socket.socket] = []
+        self._next = 0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add_target(self, replacing: socket.socket | None = None) -> tuple[socket.socket, socket.socket]:
+        """A new hand-off pair ``(ours, theirs)``: ``ours`` stays here (in the place of
+        ``replacing``, a dead process's), ``theirs`` goes to the process that will serve
+        (it receives with ``socket.recv_fds``)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with self._lock:
+            if replacing is not None and replacing in self._targets:
+                self._targets[self._targets.index(replacing)] = ours
+                replacing.close()
+            else:
+                self._targets.append(ours)
+        return ours, theirs
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="coffre-dimse-accept", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                if self._closed:
+                    return
+                continue
+            try:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._hand_over(client)
+            finally:
+                client.close()  # the receiving process holds its own descriptor now
+
+    def _hand_over(self, client: socket.socket) -> None:
+        with self._lock:
+            order = [self._targets[(self._next + i) % len(self._targets)] for i in range(len(self._targets))]
+            self._next = (self._next + 1) % max(len(self._targets), 1)
+        for target in order:
+            try:
+                socket.send_fds(target, [b"c"], [client.fileno()])
+                return
+            except OSError:  # that process is gone or restarting: the next one
+                continue
+        log.error("no DIMSE process took a connection; it is closed")
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):  # wakes the accepting thread
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        if self._thread is not None:
+            self._thread.join(5)
+        with self._lock:
+            for target in self._targets:
+                target.close()
+
+
+def _worker_main(
+    settings: Settings, handoff: socket.socket, address: tuple[str, int], parent_pid: int, ready: Connection,
+    log_level: int,
+) -> None:
     """A worker process: the DIMSE listener alone, until SIGTERM/SIGINT or the parent's end."""
     import os
 
@@ -68,9 +151,9 @@ def _worker_main(settings: Settings, port: int, parent_pid: int, ready: Connecti
     from coffre.app import build_context
     from coffre.net.dimse import DimseServer
 
-    ctx = build_context(replace(settings, dicom=replace(settings.dicom, port=port)), migrate=False)
+    ctx = build_context(replace(settings, dicom=replace(settings.dicom, port=address[1])), migrate=False)
     try:
-        server = DimseServer(ctx, shared_port=True, with_tls=False)
+        server = DimseServer(ctx, handoff=(handoff, address), with_tls=False)
         server.start()
         gc.freeze()  # as ``coffre serve`` does: the start-up heap is out of the collector's sight
         ready.send(os.getpid())
@@ -84,10 +167,11 @@ def _worker_main(settings: Settings, port: int, parent_pid: int, ready: Connecti
 class DimseWorkers:
     """Starts, watches and stops the ``workers - 1`` extra listener processes."""
 
-    def __init__(self, settings: Settings, port: int) -> None:
+    def __init__(self, settings: Settings, dispatcher: Dispatcher | None) -> None:
         self.settings = settings
-        self.port = port
-        self.count = max(settings.dicom.workers - 1, 0)
+        self.dispatcher = dispatcher
+        self.count = max(settings.dicom.workers - 1, 0) if dispatcher is not None else 0
+        self._handoffs: list[socket.socket | None] = [None] * self.count
         self._mp = multiprocessing.get_context("spawn")  # never fork a threaded process
         self._procs: list[BaseProcess | None] = [None] * self.count
         self._stopping = threading.Event()  # no more restarts
@@ -103,18 +187,22 @@ class DimseWorkers:
     def start(self) -> None:
         """Start every worker and wait until each listens (``START_TIMEOUT``)."""
         for slot in range(self.count):
-            self._procs[slot] = self._spawn()
+            self._procs[slot] = self._spawn(slot)
         if self.count:
             self._watcher = threading.Thread(target=self._watch, name="coffre-dimse-workers", daemon=True)
             self._watcher.start()
 
-    def _spawn(self) -> BaseProcess:
+    def _spawn(self, slot: int) -> BaseProcess:
         import os
 
+        assert self.dispatcher is not None
+        ours, theirs = self.dispatcher.add_target(replacing=self._handoffs[slot])
+        self._handoffs[slot] = ours
         receive, send = self._mp.Pipe(duplex=False)
         proc = self._mp.Process(
             target=_worker_main,
-            args=(self.settings, self.port, os.getpid(), send, logging.getLogger().getEffectiveLevel()),
+            args=(self.settings, theirs, self.dispatcher.address, os.getpid(), send,
+                  logging.getLogger().getEffectiveLevel()),
             name="coffre-dimse-worker", daemon=False,
         )
         proc.start()
@@ -128,6 +216,7 @@ class DimseWorkers:
             raise RuntimeError(f"a DIMSE worker failed to start (exit code {proc.exitcode})") from exc
         finally:
             receive.close()
+            theirs.close()  # the worker holds its own descriptor (spawn duplicated it)
         return proc
 
     def _watch(self) -> None:
@@ -139,8 +228,8 @@ class DimseWorkers:
                     continue
                 log.error("DIMSE worker %s exited with code %s; starting it again", proc.pid, proc.exitcode)
                 try:
-                    self._procs[slot] = self._spawn()
-                except RuntimeError:
+                    self._procs[slot] = self._spawn(slot)
+                except Exception:  # keep watching: the next pass tries again
                     log.exception("could not restart a DIMSE worker")
 
     def stop(self, timeout: float = 20.0) -> None:

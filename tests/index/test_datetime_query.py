@@ -27,14 +27,13 @@ from coffre.index.engine import Database
 from coffre.index.migrate import MIGRATIONS, alembic_config, current_revision, head, upgrade
 from coffre.index.query import Scope, run_query
 from coffre.index.schema import instance
-from coffre.model import Actor, Permission
-from coffre.services import facilities
+from coffre.model import Actor
 from coffre.services.ingest import ingest
 from coffre.settings import Settings
 from coffre.storage.memory import MemoryBlobStore
 from conftest import migrated_database
 
-from .test_query import identifier
+from .test_query import _site, identifier
 
 ACQ_DT, INSTANCE_NUMBER = 0x0008002A, 0x00200013
 
@@ -58,14 +57,6 @@ class Archive:
     a: Scope
     study_uid: str
     series_uid: str
-
-
-def _site(ctx: Context, slug: str, ae: str) -> Actor:
-    op = Actor.system("test")
-    fac = facilities.add_facility(ctx, op, slug=slug, name=slug, issuer=f"ISSUER-{slug}")
-    node = facilities.add_node(ctx, op, ae_title=ae, host="127.0.0.1", port=104,
-                               facility_slug=slug, permissions=frozenset({Permission.STORE}))  # fmt: skip
-    return Actor.for_node(node, fac, "127.0.0.1")
 
 
 def _store(ctx: Context, actor: Actor, values: dict[int, str | None], study: str, series: str) -> None:
